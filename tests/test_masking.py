@@ -1,0 +1,265 @@
+"""Masking: properties (hypothesis) and statistical equivalence with the authors' collator."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks.reference_retromae import ReferenceRetroMAECollator
+from retromae_st.masking import (
+    bert_mask_replacement,
+    choose_whole_words,
+    decoder_attention_mask,
+    mask_budget,
+    maskable_tokens,
+    retromae_masks,
+    special_token_table,
+    whole_word_mask,
+    word_index,
+    word_lengths,
+    word_start_table,
+)
+
+WORDS = [
+    "the",
+    "cat",
+    "unbelievable",
+    "tokenization",
+    "of",
+    "retrieval",
+    "embeddings",
+    "x",
+    "supercalifragilistic",
+    "antidisestablishmentarianism",
+    "a",
+    "running",
+    "hyperparameters",
+    "Zürich",
+    "2022",
+    "[MASK]",
+]
+
+
+@pytest.fixture(scope="module")
+def tables(tokenizer):
+    return word_start_table(tokenizer), special_token_table(tokenizer)
+
+
+def batch_of(tokenizer, texts, max_length=64):
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+texts_strategy = st.lists(
+    st.lists(st.sampled_from(WORDS), min_size=0, max_size=30).map(" ".join), min_size=1, max_size=6
+)
+
+
+def words_as_python(tokenizer, ids, attention):
+    """Word spans by the reference rule (## continues the previous candidate word)."""
+    tokens = tokenizer.convert_ids_to_tokens(ids[: int(attention.sum())])
+    spans: list[list[int]] = []
+    for i, token in enumerate(tokens):
+        if token in tokenizer.all_special_tokens:
+            continue
+        if spans and token.startswith("##") and spans[-1][-1] == i - 1:
+            spans[-1].append(i)
+        else:
+            spans.append([i])
+    return spans
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=texts_strategy, ratio=st.floats(0.05, 0.95), seed=st.integers(0, 2**31 - 1))
+def test_whole_word_mask_properties(tokenizer, tables, texts, ratio, seed):
+    word_starts, special = tables
+    ids, attention = batch_of(tokenizer, texts)
+    generator = torch.Generator().manual_seed(seed)
+    masked = whole_word_mask(ids, attention, word_starts, special, ratio, generator)
+
+    maskable = maskable_tokens(ids, attention, special)
+    assert not (masked & ~maskable).any(), "special tokens or padding were masked"
+    for row in range(ids.size(0)):
+        spans = words_as_python(tokenizer, ids[row], attention[row])
+        # Only whole words: every word is either fully masked or fully visible.
+        for span in spans:
+            assert len({bool(masked[row, i]) for i in span}) == 1
+        budget = int(mask_budget(attention[row].sum()[None], ratio))
+        count = int(masked[row].sum())
+        assert count <= budget
+        # Greedy maximality: no unmasked word still fits, so the count is within one word of the target.
+        leftover = [len(s) for s in spans if not masked[row, s[0]]]
+        assert all(length > budget - count for length in leftover)
+        if leftover:
+            assert budget - count < max(leftover)
+
+
+@settings(max_examples=25, deadline=None)
+@given(texts=texts_strategy, seed=st.integers(0, 2**31 - 1))
+def test_masks_are_deterministic_under_a_seed(tokenizer, tables, texts, seed):
+    word_starts, special = tables
+    ids, attention = batch_of(tokenizer, texts)
+    first = retromae_masks(
+        ids,
+        attention,
+        word_starts,
+        special,
+        103,
+        len(tokenizer),
+        0.3,
+        0.5,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    second = retromae_masks(
+        ids,
+        attention,
+        word_starts,
+        special,
+        103,
+        len(tokenizer),
+        0.3,
+        0.5,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    for name in ("encoder_input_ids", "encoder_labels", "decoder_labels", "decoder_visible"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=texts_strategy, ratio=st.floats(0.3, 0.9), seed=st.integers(0, 2**31 - 1))
+def test_decoder_mask_never_shows_self_always_shows_cls(tokenizer, tables, texts, ratio, seed):
+    word_starts, special = tables
+    ids, attention = batch_of(tokenizer, texts)
+    visible = decoder_attention_mask(
+        ids, attention, word_starts, special, ratio, generator=torch.Generator().manual_seed(seed)
+    )
+    length = ids.size(1)
+    real = attention.bool()
+    for row in range(ids.size(0)):
+        n = int(real[row].sum())
+        assert not visible[row].diagonal()[:n].any(), "a position sees itself"
+        assert visible[row, 1:n, 0].all(), "a position cannot see [CLS]"
+        assert not visible[row, :, n:].any(), "padding is visible"
+        assert visible[row].any(dim=1).all(), "an attention row is empty"
+        # Special tokens are never hidden by the random mask (only from themselves).
+        for column in range(n):
+            if special[ids[row, column]]:
+                rows = [r for r in range(n) if r != column]
+                assert visible[row, rows, column].all()
+    assert visible.shape == (ids.size(0), length, length)
+
+
+def test_greedy_selection_matches_python_greedy_for_a_fixed_order():
+    # With one word per row, the order is irrelevant: exercise the skip-and-continue rule directly.
+    lengths = torch.tensor([[3, 1, 2, 1, 4, 1, 0, 0]])
+    for seed in range(50):
+        generator = torch.Generator().manual_seed(seed)
+        chosen = choose_whole_words(lengths, torch.tensor([5]), generator)
+        order = (
+            torch.rand(1, 8, generator=torch.Generator().manual_seed(seed))
+            .masked_fill(lengths == 0, 2.0)
+            .argsort(1)[0]
+        )
+        expected, count = set(), 0
+        for word in order.tolist():
+            size = int(lengths[0, word])
+            if size == 0 or count >= 5:
+                continue
+            if count + size <= 5:
+                expected.add(word)
+                count += size
+        assert set(torch.nonzero(chosen[0]).flatten().tolist()) == expected
+
+
+def test_word_index_joins_continuation_pieces(tokenizer, tables):
+    word_starts, special = tables
+    ids, attention = batch_of(tokenizer, ["unbelievable tokenization works"])
+    words = word_index(ids, maskable_tokens(ids, attention, special), word_starts)
+    tokens = tokenizer.convert_ids_to_tokens(ids[0])
+    assert tokens[2:4] == ["token", "##ization"]
+    assert words[0].tolist() == [-1, 0, 1, 1, 2, -1]
+    assert word_lengths(words)[0, :3].tolist() == [1, 2, 1]
+
+
+def test_bert_replacement_rates():
+    ids = torch.full((400, 250), 7)
+    masked = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    corrupted, labels = bert_mask_replacement(
+        ids, masked, mask_token_id=103, vocab_size=30522, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(labels != -100, masked)
+    n = masked.sum().item()
+    to_mask = (corrupted == 103)[masked].sum().item() / n
+    kept = (corrupted == 7)[masked].sum().item() / n
+    assert abs(to_mask - 0.8) < 0.01
+    assert abs(kept - (0.1 + 0.1 / 30522)) < 0.01
+    assert torch.equal(corrupted[~masked], ids[~masked])
+
+
+def _rates_from_masks(tokenizer, texts, masked_rows):
+    """Per-position mask rate and per-word-length mask rate, from a list of (ids, mask) rows."""
+    by_length: dict[int, list[float]] = {}
+    for ids, attention, masked in masked_rows:
+        for span in words_as_python(tokenizer, ids, attention):
+            by_length.setdefault(len(span), []).append(float(masked[span[0]]))
+    return {k: sum(v) / len(v) for k, v in by_length.items()}, {k: len(v) for k, v in by_length.items()}
+
+
+def test_statistically_equivalent_to_authors_collator(tokenizer, tables, sample_texts):
+    """Over many draws, per-token and per-word-length mask rates match the reference collator's."""
+    word_starts, special = tables
+    texts = sample_texts[:16] + ["unbelievable hyperparameters of antidisestablishmentarianism in Zürich"]
+    ids, attention = batch_of(tokenizer, texts, max_length=48)
+    reference = ReferenceRetroMAECollator(tokenizer, encoder_mlm_probability=0.3, decoder_mlm_probability=0.5)
+    unpadded = [row[: int(a.sum())].tolist() for row, a in zip(ids, attention, strict=False)]
+    random.seed(0)
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    draws = 150
+    ours_enc, ref_enc, ours_dec, ref_dec = [], [], [], []
+    for _ in range(draws):
+        ref = reference(unpadded)
+        ours = retromae_masks(
+            ids,
+            attention,
+            word_starts,
+            special,
+            tokenizer.mask_token_id,
+            len(tokenizer),
+            0.3,
+            0.5,
+            generator=generator,
+        )
+        for row in range(ids.size(0)):
+            ref_enc.append((ids[row], attention[row], ref["encoder_labels"][row] != -100))
+            ours_enc.append((ids[row], attention[row], ours.encoder_labels[row] != -100))
+            # Decoder: the column pattern seen by query row 1 (hidden = not visible, self excluded).
+            ref_hidden = ref["decoder_attention_mask"][row, 1] == 0
+            ours_hidden = ~ours.decoder_visible[row, 1]
+            ref_hidden[1] = False
+            ours_hidden[1] = False
+            ref_dec.append((ids[row], attention[row], ref_hidden))
+            ours_dec.append((ids[row], attention[row], ours_hidden))
+
+    for ours_rows, ref_rows in ((ours_enc, ref_enc), (ours_dec, ref_dec)):
+        ours_rate, counts = _rates_from_masks(tokenizer, texts, ours_rows)
+        ref_rate, _ = _rates_from_masks(tokenizer, texts, ref_rows)
+        for length, n in counts.items():
+            p = ref_rate[length]
+            tolerance = 4 * max((p * (1 - p) / n) ** 0.5, 1 / n) + 0.005
+            assert abs(ours_rate[length] - p) <= tolerance, (length, ours_rate[length], p, n)
+        # Per-token rate over all maskable tokens.
+        ours_tokens = torch.cat([m[: int(a.sum())].float() for _, a, m in ours_rows]).mean()
+        ref_tokens = torch.cat([m[: int(a.sum())].float() for _, a, m in ref_rows]).mean()
+        assert abs(ours_tokens - ref_tokens) < 0.01
+
+    # The 80/10/10 corruption agrees too.
+    ref = reference(unpadded)
+    ours = retromae_masks(
+        ids, attention, word_starts, special, tokenizer.mask_token_id, len(tokenizer), 0.3, 0.5
+    )
+    assert torch.equal(ref["decoder_labels"], ours.decoder_labels)
