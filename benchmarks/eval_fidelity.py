@@ -76,7 +76,9 @@ def beir_reference(model_path: str, folder: Path) -> dict:
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
     corpus, queries, qrels = GenericDataLoader(data_folder=str(folder)).load(split="test")
-    search = DenseRetrievalExactSearch(SentenceBERT(model_path, device="cpu"), batch_size=64, show_progress_bar=False)
+    search = DenseRetrievalExactSearch(
+        SentenceBERT(model_path, device="cpu"), batch_size=64, show_progress_bar=False
+    )
     evaluation = EvaluateRetrieval(search, k_values=[1, 3, 5, 10, 100], score_function="cos_sim")
     run = evaluation.retrieve(corpus, queries)
     ndcg, _map, recall, _precision = EvaluateRetrieval.evaluate(qrels, run, [1, 3, 5, 10, 100])
@@ -91,7 +93,7 @@ def st_ir_reference(model, dataset) -> dict:
     relevant = {q: {d for d, r in rels.items() if r > 0} for q, rels in dataset.qrels.items()}
     evaluator = InformationRetrievalEvaluator(
         queries=dataset.queries,
-        corpus=dict(zip(doc_ids, texts)),
+        corpus=dict(zip(doc_ids, texts, strict=True)),
         relevant_docs=relevant,
         precision_recall_at_k=[10, 100],
         map_at_k=[100],
@@ -158,7 +160,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data")
     parser.add_argument("--part", choices=["sts", "beir", "all"], default="all")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "embeddings")

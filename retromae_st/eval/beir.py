@@ -216,7 +216,7 @@ def model_fingerprint(model) -> str:
 def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
     """Hash of the (id, text) pairs in order."""
     digest = hashlib.sha256()
-    for doc_id, text in zip(ids, texts):
+    for doc_id, text in zip(ids, texts, strict=True):
         digest.update(doc_id.encode())
         digest.update(b"\x00")
         digest.update(text.encode())
@@ -263,7 +263,9 @@ def encode_in_chunks(
     with tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress_bar) as bar:
         for start in range(0, len(texts), chunk_size):
             chunk = list(texts[start : start + chunk_size])
-            parts.append(np.asarray(encode_fn(chunk, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32))
+            parts.append(
+                np.asarray(encode_fn(chunk, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
+            )
             bar.update(len(chunk))
     return np.concatenate(parts, axis=0)
 
@@ -342,7 +344,9 @@ def hits_to_run(
     run: dict[str, dict[str, float]] = {}
     for row, query_id in enumerate(query_ids):
         run[query_id] = {
-            corpus_ids[idx]: float(score) for score, idx in zip(scores[row], indices[row]) if idx >= 0
+            corpus_ids[idx]: float(score)
+            for score, idx in zip(scores[row], indices[row], strict=True)
+            if idx >= 0
         }
     return run
 
@@ -383,7 +387,9 @@ class DenseFaissRetriever:
         self.hnsw_ef_search = hnsw_ef_search
         self.similarity = similarity or getattr(model, "similarity_fn_name", None) or "cosine"
         if self.similarity not in SUPPORTED_SIMILARITIES:
-            raise ValueError(f"similarity {self.similarity!r} is not supported; use one of {SUPPORTED_SIMILARITIES}")
+            raise ValueError(
+                f"similarity {self.similarity!r} is not supported; use one of {SUPPORTED_SIMILARITIES}"
+            )
         self.show_progress_bar = show_progress_bar
         self.corpus_ids: list[str] = []
         self.corpus_embeddings: np.ndarray | None = None
@@ -397,7 +403,9 @@ class DenseFaissRetriever:
         settings = {"kind": "document", "version": 1}
         key = None
         if self.cache is not None:
-            key = self.cache.key(model_fingerprint(self.model), texts_fingerprint(corpus_ids, texts), settings)
+            key = self.cache.key(
+                model_fingerprint(self.model), texts_fingerprint(corpus_ids, texts), settings
+            )
             cached = self.cache.load(key)
             if cached is not None and cached.shape[0] == len(texts):
                 self.stats.update({"cache": "hit", "cache_key": key, "encode_seconds": 0.0})
@@ -438,7 +446,9 @@ class DenseFaissRetriever:
         )
         return self._prepare(np.asarray(embeddings, dtype=np.float32))
 
-    def search(self, query_ids: Sequence[str], query_texts: Sequence[str], top_k: int) -> dict[str, dict[str, float]]:
+    def search(
+        self, query_ids: Sequence[str], query_texts: Sequence[str], top_k: int
+    ) -> dict[str, dict[str, float]]:
         if self.corpus_embeddings is None:
             raise RuntimeError("call index() before search()")
         query_embeddings = self.encode_queries(query_texts)
@@ -461,18 +471,28 @@ class DenseFaissRetriever:
         )
         self.stats["search_seconds"] = time.perf_counter() - start
         if self.index_type == "hnsw":
-            _, exact_indices = faiss_top_k(self.corpus_embeddings, query_embeddings, top_k, similarity=faiss_similarity)
+            _, exact_indices = faiss_top_k(
+                self.corpus_embeddings, query_embeddings, top_k, similarity=faiss_similarity
+            )
             self.stats["hnsw_recall_vs_exact"] = top_k_overlap(indices, exact_indices)
             logger.info(f"HNSW recall@{top_k} vs exact search: {self.stats['hnsw_recall_vs_exact']:.4f}")
         return hits_to_run(query_ids, self.corpus_ids, scores, indices)
 
     def info(self) -> dict[str, Any]:
-        return {"retriever": "dense-faiss", "similarity": self.similarity, "index_type": self.index_type, **self.stats}
+        return {
+            "retriever": "dense-faiss",
+            "similarity": self.similarity,
+            "index_type": self.index_type,
+            **self.stats,
+        }
 
 
 def top_k_overlap(approximate: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each query's exact top-k that the approximate search also returned."""
-    overlaps = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(len(e[e >= 0]), 1) for a, e in zip(approximate, exact)]
+    overlaps = [
+        len(set(a[a >= 0]) & set(e[e >= 0])) / max(len(e[e >= 0]), 1)
+        for a, e in zip(approximate, exact, strict=True)
+    ]
     return float(np.mean(overlaps))
 
 
@@ -523,7 +543,9 @@ def evaluate_run(
     metrics: dict[str, float] = {}
     for name, trec_name in (("NDCG", "ndcg_cut"), ("MAP", "map_cut"), ("Recall", "recall"), ("P", "P")):
         for k in k_values:
-            metrics[f"{name}@{k}"] = float(np.mean([scores[f"{trec_name}_{k}"] for scores in per_query.values()]))
+            metrics[f"{name}@{k}"] = float(
+                np.mean([scores[f"{trec_name}_{k}"] for scores in per_query.values()])
+            )
     reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(truncate_run(run, 10))
     metrics["MRR@10"] = float(np.mean([scores["recip_rank"] for scores in reciprocal.values()]))
     metrics["evaluated_queries"] = len(per_query)
@@ -542,7 +564,9 @@ def retrieve(
     doc_ids, texts = dataset.corpus_texts()
     retriever.index(doc_ids, texts)
     queries = dataset.judged_queries()
-    run = retriever.search(list(queries), list(queries.values()), top_k + 1 if ignore_identical_ids else top_k)
+    run = retriever.search(
+        list(queries), list(queries.values()), top_k + 1 if ignore_identical_ids else top_k
+    )
     if ignore_identical_ids:
         run, _ = drop_identical_ids(run)
     return truncate_run(run, top_k)

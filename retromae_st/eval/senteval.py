@@ -71,7 +71,9 @@ def read_text_lines(path: Path) -> list[str]:
 
 def read_binary_files(name: str, positive: Path, negative: Path) -> TransferTask:
     pos, neg = read_text_lines(positive), read_text_lines(negative)
-    return TransferTask(name, "cv", {"all": (pos + neg, [1] * len(pos) + [0] * len(neg))}, sources=[str(positive)])
+    return TransferTask(
+        name, "cv", {"all": (pos + neg, [1] * len(pos) + [0] * len(neg))}, sources=[str(positive)]
+    )
 
 
 def read_sst_file(path: Path, fine: bool) -> tuple[list[str], list[int]]:
@@ -115,7 +117,9 @@ def read_tsv_with_header(path: Path, columns: Sequence[str]) -> list[list[str]]:
     for line_number, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
         if len(fields) <= max(indices):
-            raise ValueError(f"{path}:{line_number}: expected {len(header)} tab-separated fields, got {len(fields)}")
+            raise ValueError(
+                f"{path}:{line_number}: expected {len(header)} tab-separated fields, got {len(fields)}"
+            )
         rows.append([fields[i] for i in indices])
     return rows
 
@@ -139,7 +143,9 @@ def load_transfer_task(downstream: str | Path, name: str) -> TransferTask:
         return read_binary_files(name, root / folder / pos, root / folder / neg)
     if name in ("SST2", "SST5"):
         folder = root / "SST" / ("binary" if name == "SST2" else "fine")
-        splits = {s: read_sst_file(folder / f"sentiment-{s}", fine=name == "SST5") for s in ("train", "dev", "test")}
+        splits = {
+            s: read_sst_file(folder / f"sentiment-{s}", fine=name == "SST5") for s in ("train", "dev", "test")
+        }
         return TransferTask(name, "dev", splits, sources=[str(folder)])
     if name == "TREC":
         splits = {"train": read_trec_file(root / "TREC" / "train_5500.label")}
@@ -147,7 +153,9 @@ def load_transfer_task(downstream: str | Path, name: str) -> TransferTask:
         return TransferTask(name, "cv_then_test", splits, sources=[str(root / "TREC")])
     if name == "MRPC":
         columns = ("#1 String", "#2 String", "Quality")
-        splits = {s: read_pair_file(root / "MRPC" / f"msr_paraphrase_{s}.txt", columns) for s in ("train", "test")}
+        splits = {
+            s: read_pair_file(root / "MRPC" / f"msr_paraphrase_{s}.txt", columns) for s in ("train", "test")
+        }
         return TransferTask(name, "cv_then_test", splits, pair_task=True, metrics=("accuracy", "f1"))
     if name == "SICK-E":
         columns = ("sentence_A", "sentence_B", "entailment_judgment")
@@ -187,7 +195,9 @@ def make_classifier(c: float, seed: int):
 
 def fit_and_score(X_train, y_train, X_test, y_test, c: float, seed: int) -> float:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning on hard folds; accuracy is still what is measured
+        warnings.simplefilter(
+            "ignore"
+        )  # ConvergenceWarning on hard folds; accuracy is still what is measured
         return float(make_classifier(c, seed).fit(X_train, y_train).score(X_test, y_test))
 
 
@@ -204,7 +214,11 @@ def choose_c_by_cv(
 
 
 def cross_validated_accuracy(
-    X: np.ndarray, y: np.ndarray, kfold: int = 10, seed: int = DEFAULT_SEED, grid: Sequence[float] = REGULARISATION_GRID
+    X: np.ndarray,
+    y: np.ndarray,
+    kfold: int = 10,
+    seed: int = DEFAULT_SEED,
+    grid: Sequence[float] = REGULARISATION_GRID,
 ) -> dict[str, Any]:
     """SentEval's ``InnerKFoldClassifier``: outer k-fold test accuracy, C chosen by inner k-fold CV on each outer
     train split. Accuracies x100."""
@@ -294,7 +308,9 @@ def task_sentences(task: TransferTask) -> list[str]:
     return list(dict.fromkeys(sentences))
 
 
-def featurize(task: TransferTask, embed: Callable[[Sequence[str]], Mapping[str, np.ndarray]]) -> dict[str, tuple]:
+def featurize(
+    task: TransferTask, embed: Callable[[Sequence[str]], Mapping[str, np.ndarray]]
+) -> dict[str, tuple]:
     """Encode every distinct sentence of the task once, then build ``(X, y)`` per split."""
     lookup = embed(task_sentences(task))
     features = {}
@@ -344,9 +360,12 @@ def evaluate_transfer(
 
         def embed(sentences: Sequence[str]) -> dict[str, np.ndarray]:
             vectors = model.encode(
-                list(sentences), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=show_progress_bar
+                list(sentences),
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress_bar,
             )
-            return dict(zip(sentences, vectors))
+            return dict(zip(sentences, vectors, strict=True))
 
         logger.info(f"transfer: {name}")
         results[name] = run_protocol(task, featurize(task, embed), kfold=kfold, seed=seed)

@@ -84,7 +84,7 @@ def read_sts_input_and_gold(input_path: Path, gold_path: Path, name: str) -> Sts
             f"{input_path} has {len(inputs)} lines but {gold_path} has {len(golds)}; they must align line by line"
         )
     pairs = StsPairs(name=name, sentences1=[], sentences2=[], scores=[], source=str(input_path))
-    for line_number, (line, gold) in enumerate(zip(inputs, golds), start=1):
+    for line_number, (line, gold) in enumerate(zip(inputs, golds, strict=True), start=1):
         if not gold.strip():
             pairs.skipped += 1
             continue
@@ -114,13 +114,17 @@ def read_sts_year(folder: Path) -> list[StsPairs]:
 
 def read_stsbenchmark_file(path: Path, name: str | None = None) -> StsPairs:
     """Read an STS-B ``sts-*.csv`` file: tab separated, no quoting, score in column 5, sentences in columns 6-7."""
-    pairs = StsPairs(name=name or path.stem.removeprefix("sts-"), sentences1=[], sentences2=[], scores=[], source=str(path))
+    pairs = StsPairs(
+        name=name or path.stem.removeprefix("sts-"), sentences1=[], sentences2=[], scores=[], source=str(path)
+    )
     for line_number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")
         if len(fields) < 7:
-            raise ValueError(f"{path}:{line_number}: expected at least 7 tab-separated fields, got {len(fields)}")
+            raise ValueError(
+                f"{path}:{line_number}: expected at least 7 tab-separated fields, got {len(fields)}"
+            )
         if not fields[4].strip():
             pairs.skipped += 1
             continue
@@ -137,7 +141,11 @@ def read_header_table(path: Path, name: str | None = None) -> StsPairs:
     if not text:
         raise ValueError(f"{path}: empty file")
     delimiter = "\t" if "\t" in text[0] else ","
-    rows = list(csv.reader(text, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL))
+    rows = list(
+        csv.reader(
+            text, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        )
+    )
     header = [column.strip().lstrip("\ufeff").lower() for column in rows[0]]
     columns = {}
     for role, candidates in (
@@ -147,7 +155,9 @@ def read_header_table(path: Path, name: str | None = None) -> StsPairs:
     ):
         found = [header.index(c) for c in candidates if c in header]
         if not found:
-            raise ValueError(f"{path}: header {rows[0]} has no {role} column (looked for {', '.join(candidates)})")
+            raise ValueError(
+                f"{path}: header {rows[0]} has no {role} column (looked for {', '.join(candidates)})"
+            )
         columns[role] = found[0]
     pairs = StsPairs(name=name or path.stem, sentences1=[], sentences2=[], scores=[], source=str(path))
     for line_number, row in enumerate(rows[1:], start=2):
@@ -185,11 +195,17 @@ def read_sts_dataset(folder: Path) -> list[StsPairs]:
         score_column = next((c for c in SCORE_COLUMNS if c in dataset.column_names), None)
         for column in ("sentence1", "sentence2"):
             if column not in dataset.column_names:
-                raise ValueError(f"{folder} [{split_name}]: missing column {column!r} (has {dataset.column_names})")
+                raise ValueError(
+                    f"{folder} [{split_name}]: missing column {column!r} (has {dataset.column_names})"
+                )
         if score_column is None:
-            raise ValueError(f"{folder} [{split_name}]: no score column (looked for {', '.join(SCORE_COLUMNS)})")
+            raise ValueError(
+                f"{folder} [{split_name}]: no score column (looked for {', '.join(SCORE_COLUMNS)})"
+            )
         pairs = StsPairs(name=split_name, sentences1=[], sentences2=[], scores=[], source=str(folder))
-        for s1, s2, score in zip(dataset["sentence1"], dataset["sentence2"], dataset[score_column]):
+        for s1, s2, score in zip(
+            dataset["sentence1"], dataset["sentence2"], dataset[score_column], strict=True
+        ):
             if score is None:
                 pairs.skipped += 1
                 continue
@@ -219,7 +235,11 @@ def read_senteval_sts(downstream: str | Path) -> dict[str, StsTask]:
             tasks["STSBenchmark"] = StsTask("STSBenchmark", subsets, concatenate=False)
     sick = downstream / "SICK"
     if sick.is_dir():
-        subsets = [read_header_table(sick / f, name=split) for f, split in SICK_SPLITS.items() if (sick / f).is_file()]
+        subsets = [
+            read_header_table(sick / f, name=split)
+            for f, split in SICK_SPLITS.items()
+            if (sick / f).is_file()
+        ]
         if subsets:
             tasks["SICK-R"] = StsTask("SICK-R", subsets, concatenate=False)
     if not tasks:
@@ -250,7 +270,9 @@ def read_sts_path(path: str | Path) -> dict[str, StsTask]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def pairwise_similarity(embeddings1: np.ndarray, embeddings2: np.ndarray, similarity: str = "cosine") -> np.ndarray:
+def pairwise_similarity(
+    embeddings1: np.ndarray, embeddings2: np.ndarray, similarity: str = "cosine"
+) -> np.ndarray:
     """Row-wise similarity with sentence-transformers' own pairwise functions (as its EmbeddingSimilarityEvaluator)."""
     from sentence_transformers.util import (
         pairwise_cos_sim,
@@ -280,13 +302,15 @@ def correlations(predicted: Sequence[float], gold: Sequence[float]) -> dict[str,
     }
 
 
-def encode_unique(model, sentences: Sequence[str], batch_size: int, show_progress_bar: bool) -> dict[str, np.ndarray]:
+def encode_unique(
+    model, sentences: Sequence[str], batch_size: int, show_progress_bar: bool
+) -> dict[str, np.ndarray]:
     """Encode each distinct sentence once; returns ``sentence -> embedding``."""
     unique = list(dict.fromkeys(sentences))
     embeddings = model.encode(
         unique, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=show_progress_bar
     )
-    return dict(zip(unique, embeddings))
+    return dict(zip(unique, embeddings, strict=True))
 
 
 def score_subset(lookup: Mapping[str, np.ndarray], pairs: StsPairs, similarity: str) -> np.ndarray:
@@ -312,7 +336,11 @@ def evaluate_sts_task(
     all_predicted, all_gold = [], []
     for pairs in task.subsets:
         predicted = score_subset(lookup, pairs, similarity)
-        subsets[pairs.name] = {**correlations(predicted, pairs.scores), "n": len(pairs), "skipped": pairs.skipped}
+        subsets[pairs.name] = {
+            **correlations(predicted, pairs.scores),
+            "n": len(pairs),
+            "skipped": pairs.skipped,
+        }
         all_predicted.extend(predicted.tolist())
         all_gold.extend(pairs.scores)
     result: dict[str, Any] = {"subsets": subsets, "similarity": similarity}

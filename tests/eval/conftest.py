@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,3 +42,44 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+class HashModel:
+    """Deterministic fake encoder: one fixed random vector per distinct text, plus optional overrides.
+
+    ``overrides`` maps a substring to a direction added to the vector of every text containing it, which makes
+    label-dependent (separable) embeddings for the transfer tests.
+    """
+
+    similarity_fn_name = "cosine"
+
+    def __init__(self, dim: int = 16, overrides: dict[str, np.ndarray] | None = None) -> None:
+        self.dim = dim
+        self.overrides = overrides or {}
+        self.calls = 0
+
+    def vector(self, text: str):
+        import hashlib
+
+        import numpy as np
+
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        vector = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        for needle, direction in self.overrides.items():
+            if needle in text:
+                vector = vector + direction
+        return vector
+
+    def encode(self, sentences, batch_size: int = 32, convert_to_numpy: bool = True, **kwargs):
+        import numpy as np
+
+        self.calls += 1
+        return np.stack([self.vector(s) for s in sentences])
+
+    encode_query = encode
+    encode_document = encode
+
+
+@pytest.fixture
+def hash_model() -> HashModel:
+    return HashModel()
