@@ -40,6 +40,7 @@ def sts_rows(model, data: Path) -> list[dict]:
     from retromae_st.eval.sts import evaluate_sts, read_senteval_sts
 
     tasks = read_senteval_sts(data / "senteval" / "downstream")
+    tasks["STSBenchmark"].subsets = [p for p in tasks["STSBenchmark"].subsets if p.name == "dev"]
     tasks = {name: tasks[name] for name in ("STS12", "STSBenchmark")}
     results = evaluate_sts(model, tasks, batch_size=64)
     rows = []

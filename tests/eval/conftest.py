@@ -83,3 +83,8 @@ class HashModel:
 @pytest.fixture
 def hash_model() -> HashModel:
     return HashModel()
+
+
+@pytest.fixture
+def hash_model_class() -> type[HashModel]:
+    return HashModel
