@@ -63,13 +63,18 @@ def compare_search(query_ids, query_emb, doc_ids, corpus_texts_keys, corpus_emb,
         run, _ = drop_identical_ids(hits_to_run(query_ids, doc_ids, scores, indices))
         return truncate(run, 100)
 
-    corpus = {d: {"title": k.split("\x00")[0], "text": k.split("\x00")[1]} for d, k in zip(doc_ids, corpus_texts_keys)}
+    corpus = {
+        d: {"title": k.split("\x00")[0], "text": k.split("\x00")[1]}
+        for d, k in zip(doc_ids, corpus_texts_keys)
+    }
     rows = {k: i for i, k in enumerate(corpus_texts_keys)}
     queries = dict(zip(query_ids, ["q"] * len(query_ids)))
     stub = PrecomputedModel(query_emb, rows, corpus_emb)
 
     def beirs():
-        search = DenseRetrievalExactSearch(stub, batch_size=128, corpus_chunk_size=50000, show_progress_bar=False)
+        search = DenseRetrievalExactSearch(
+            stub, batch_size=128, corpus_chunk_size=50000, show_progress_bar=False
+        )
         return search.search(corpus, queries, top_k=100, score_function="cos_sim")
 
     ours_seconds, our_run = best_time(ours, repeat)
@@ -88,7 +93,9 @@ def compare_search(query_ids, query_emb, doc_ids, corpus_texts_keys, corpus_emb,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--repeat", type=int, default=5)
@@ -110,14 +117,20 @@ def main() -> None:
         retriever = DenseFaissRetriever(model, batch_size=64, cache_dir=cache_dir, show_progress_bar=False)
         first_start = time.perf_counter()
         corpus_emb = retriever.encode_corpus(doc_ids, texts)
-        first = (time.perf_counter() - first_start, retriever.stats["cache"], retriever.stats.get("passages_per_second"))
+        first = (
+            time.perf_counter() - first_start,
+            retriever.stats["cache"],
+            retriever.stats.get("passages_per_second"),
+        )
         second_start = time.perf_counter()
         retriever.encode_corpus(doc_ids, texts)
         second = (time.perf_counter() - second_start, retriever.stats["cache"])
         queries = dataset.judged_queries()
         query_emb = model.encode_query(list(queries.values()), convert_to_numpy=True).astype(np.float32)
         keys = [dataset.corpus[d]["title"] + "\x00" + dataset.corpus[d]["text"] for d in doc_ids]
-        result = compare_search(list(queries), query_emb, doc_ids, keys, corpus_emb, dataset.qrels, args.repeat)
+        result = compare_search(
+            list(queries), query_emb, doc_ids, keys, corpus_emb, dataset.qrels, args.repeat
+        )
         speed = f"{first[2]:.1f}" if first[2] else "n/a (cache hit)"
         print(
             f"{folder.name}: corpus {len(doc_ids)}  encode {first[0]:.1f}s ({first[1]}, {speed} passages/s)  "
@@ -133,11 +146,15 @@ def main() -> None:
         doc_ids = [f"d{i}" for i in range(n)]
         keys = [f"\x00synthetic {i}" for i in range(n)]
         qrels = {f"q{i}": {f"d{rng.integers(n)}": 1} for i in range(n_queries)}
-        result = compare_search(list(qrels), query_emb, doc_ids, keys, corpus_emb, qrels, max(1, args.repeat // 2))
+        result = compare_search(
+            list(qrels), query_emb, doc_ids, keys, corpus_emb, qrels, max(1, args.repeat // 2)
+        )
         rows.append((f"synthetic-{n}", n, n_queries, result))
 
     print()
-    print("| corpus | docs | queries | our search (s) | beir exact search (s) | speed-up | NDCG@10 ours | NDCG@10 beir |")
+    print(
+        "| corpus | docs | queries | our search (s) | beir exact search (s) | speed-up | NDCG@10 ours | NDCG@10 beir |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, n_docs, n_queries, r in rows:
         print(
