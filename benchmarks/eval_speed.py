@@ -65,10 +65,10 @@ def compare_search(query_ids, query_emb, doc_ids, corpus_texts_keys, corpus_emb,
 
     corpus = {
         d: {"title": k.split("\x00")[0], "text": k.split("\x00")[1]}
-        for d, k in zip(doc_ids, corpus_texts_keys)
+        for d, k in zip(doc_ids, corpus_texts_keys, strict=True)
     }
     rows = {k: i for i, k in enumerate(corpus_texts_keys)}
-    queries = dict(zip(query_ids, ["q"] * len(query_ids)))
+    queries = dict.fromkeys(query_ids, "q")
     stub = PrecomputedModel(query_emb, rows, corpus_emb)
 
     def beirs():
