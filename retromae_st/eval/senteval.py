@@ -195,9 +195,8 @@ def make_classifier(c: float, seed: int):
 
 def fit_and_score(X_train, y_train, X_test, y_test, c: float, seed: int) -> float:
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # ConvergenceWarning on hard folds; accuracy is still what is measured
+        # ConvergenceWarning on hard folds; the accuracy is still what is measured
+        warnings.simplefilter("ignore")
         return float(make_classifier(c, seed).fit(X_train, y_train).score(X_test, y_test))
 
 
