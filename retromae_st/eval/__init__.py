@@ -1,0 +1,1 @@
+"""Evaluation of sentence embedding models: STS, SentEval transfer tasks and BEIR retrieval."""
