@@ -8,6 +8,10 @@ Evaluation commands (see docs/evaluation.md)::
     retromae-st eval all      --model PATH --senteval DIR --beir BEIR_FOLDER [...] --output DIR
     retromae-st eval compare  RESULT.json RESULT.json [...] --output DIR [--plot]
 
+Pre-training::
+
+    retromae-st pretrain --model PATH_OR_HUB_ID --corpus TEXT_FILE --output DIR [--max-steps N ...]
+
 Each command group is added by its own ``add_<group>_commands(subparsers)`` function.
 """
 
@@ -298,6 +302,52 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=command_eval_compare)
 
 
+def command_pretrain(args: argparse.Namespace) -> int:
+    from retromae_st.pretraining import pretrain
+
+    result = pretrain(
+        args.model,
+        args.corpus,
+        args.output,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        learning_rate=args.learning_rate,
+        encoder_mask_ratio=args.encoder_mask_ratio,
+        decoder_mask_ratio=args.decoder_mask_ratio,
+        resume_from_checkpoint=True if args.resume else None,
+        seed=args.seed,
+        bf16=args.bf16,
+    )
+    print(f"corpus rows dropped: {result.dropped}")
+    print(f"sentence-transformers model: {result.sentence_transformer_dir}")
+    if result.masked_lm_dir:
+        print(f"BertForMaskedLM checkpoint: {result.masked_lm_dir}")
+    return 0
+
+
+def add_pretrain_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``retromae-st pretrain``."""
+    pretrain = subparsers.add_parser(
+        "pretrain", help="RetroMAE pre-training on a text file (one text per line)"
+    )
+    pretrain.add_argument("--model", required=True, help="BERT-family checkpoint folder or hub id")
+    pretrain.add_argument("--corpus", required=True, help="UTF-8 text file, one passage per line")
+    pretrain.add_argument("--output", required=True, help="writes final/ (ST), masked_lm/ and checkpoints/")
+    pretrain.add_argument("--max-steps", type=int, default=1000)
+    pretrain.add_argument("--batch-size", type=int, default=32)
+    pretrain.add_argument("--max-seq-length", type=int, default=256)
+    pretrain.add_argument("--learning-rate", type=float, default=1e-4)
+    pretrain.add_argument("--encoder-mask-ratio", type=float, default=0.3)
+    pretrain.add_argument("--decoder-mask-ratio", type=float, default=0.5)
+    pretrain.add_argument("--seed", type=int, default=42)
+    pretrain.add_argument(
+        "--bf16", action="store_true", help="bf16 mixed precision where the device supports it"
+    )
+    pretrain.add_argument("--resume", action="store_true", help="resume from the last checkpoint in OUTPUT")
+    pretrain.set_defaults(func=command_pretrain)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------------------
@@ -309,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    add_pretrain_commands(subparsers)
     add_eval_commands(subparsers)
     return parser
 

@@ -143,3 +143,29 @@ def test_non_text_column_is_a_clear_error(tiny_bert_dir, tmp_path):
     trainer.train_dataset = Dataset.from_dict({"text": list(range(16))})
     with pytest.raises((TypeError, ValueError), match="text|str"):
         trainer.train()
+
+
+def test_cli_pretrain_writes_both_folders(tiny_bert_dir, sample_texts, tmp_path):
+    from retromae_st.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sample_texts[:40] + ["", "   "]), encoding="utf-8")
+    output = tmp_path / "run"
+    argv = ["pretrain", "--model", str(tiny_bert_dir), "--corpus", str(corpus), "--output", str(output)]
+    assert main([*argv, "--max-steps", "2", "--batch-size", "8", "--max-seq-length", "32"]) == 0
+    assert (output / "final" / "modules.json").is_file()
+    assert (output / "masked_lm" / "model.safetensors").is_file()
+    assert (
+        main(
+            [
+                "pretrain",
+                "--model",
+                str(tiny_bert_dir),
+                "--corpus",
+                str(tmp_path / "missing.txt"),
+                "--output",
+                str(output),
+            ]
+        )
+        == 2
+    )

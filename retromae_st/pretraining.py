@@ -1,0 +1,96 @@
+"""A ready-made pre-training run: text corpus -> RetroMAE -> sentence-transformers + BertForMaskedLM folders.
+
+Used by ``retromae-st pretrain`` and ``examples/pretrain_retromae.py``. Everything it does is ordinary
+sentence-transformers training; read it as a recipe to adapt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+
+from retromae_st.data import DroppedRows, prepare_text_dataset
+from retromae_st.export import load_cls_model, save_as_masked_lm
+from retromae_st.retromae_loss import RetroMAELoss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainingResult:
+    model: SentenceTransformer
+    loss: RetroMAELoss
+    sentence_transformer_dir: str  #: plain ST folder (Transformer + CLS pooling)
+    masked_lm_dir: str | None  #: BertForMaskedLM folder to continue pre-training from (BERT encoders)
+    dropped: DroppedRows
+
+
+def read_text_lines(path: str) -> Dataset:
+    """A ``text`` dataset with one row per line of a UTF-8 text file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        return Dataset.from_dict({"text": handle.read().splitlines()})
+
+
+def pretrain(
+    model_name_or_path: str,
+    corpus: str | Dataset,
+    output_dir: str,
+    max_steps: int = 1000,
+    batch_size: int = 32,
+    max_seq_length: int = 256,
+    learning_rate: float = 1e-4,
+    encoder_mask_ratio: float = 0.3,
+    decoder_mask_ratio: float = 0.5,
+    warmup_ratio: float = 0.1,
+    save_steps: int | None = None,
+    resume_from_checkpoint: bool | str | None = None,
+    seed: int = 42,
+    **training_kwargs,
+) -> PretrainingResult:
+    """Pre-trains ``model_name_or_path`` with :class:`RetroMAELoss` on ``corpus`` (a text file or a dataset
+    with a ``text`` column) and writes ``output_dir/final`` (ST) and ``output_dir/masked_lm``.
+
+    ``training_kwargs`` go to ``SentenceTransformerTrainingArguments`` (e.g. ``bf16=True``).
+    """
+    torch.manual_seed(seed)
+    dataset = read_text_lines(corpus) if isinstance(corpus, str) else corpus
+    dataset, dropped = prepare_text_dataset(dataset)
+    model = load_cls_model(model_name_or_path, max_seq_length=max_seq_length)
+    loss = RetroMAELoss(model, encoder_mask_ratio=encoder_mask_ratio, decoder_mask_ratio=decoder_mask_ratio)
+    save_steps = save_steps or max(1, max_steps // 2)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=os.path.join(output_dir, "checkpoints"),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=max(1, int(max_steps * warmup_ratio)),
+        weight_decay=0.01,
+        logging_steps=max(1, min(100, max_steps // 10)),
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        seed=seed,
+        report_to="none",
+        **training_kwargs,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+
+    final_dir = os.path.join(output_dir, "final")
+    model.save(final_dir)
+    masked_lm_dir = None
+    if model[0].auto_model.config.model_type == "bert":
+        masked_lm_dir = os.path.join(output_dir, "masked_lm")
+        save_as_masked_lm(model, loss, masked_lm_dir)
+    return PretrainingResult(model, loss, final_dir, masked_lm_dir, dropped)
