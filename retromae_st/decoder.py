@@ -9,6 +9,18 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 
+def init_like_bert(module: nn.Module, initializer_range: float = 0.02) -> None:
+    """BERT's ``_init_weights`` for the Linear and LayerNorm layers of ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=initializer_range)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.LayerNorm):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
 class EnhancedDecoderLayer(nn.Module):
     """One post-LayerNorm transformer layer whose query and key/value streams differ.
 
@@ -77,13 +89,7 @@ class EnhancedDecoderLayer(nn.Module):
         )
 
     def reset_parameters(self, initializer_range: float = 0.02) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=initializer_range)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_like_bert(self, initializer_range)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape

@@ -19,6 +19,8 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
+from retromae_st.decoder import init_like_bert
+
 logger = logging.getLogger(__name__)
 
 HEAD_PREFIX = "cls."
@@ -115,14 +117,7 @@ def build_mlm_head(
             )
         logger.info("Loaded the pretrained MLM head of %s", name_or_path)
     else:
-        initializer_range = getattr(config, "initializer_range", 0.02)
-        for module in head.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=initializer_range)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_like_bert(head, getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(head.predictions.bias)
         logger.info(
             "No pretrained MLM head in %s: initialised a new one tied to the word embeddings", name_or_path
