@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, Literal
 
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.merged_forward import embed_columns, merge_feature_batches
+from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from sentence_transformers.util import cos_sim, get_world_size
 from torch import Tensor, nn
 
-from retromae_st.checkpointing import TrainableLossMixin
+from retromae_st.checkpointing import TrainableLossMixin, _running_trainer
 from retromae_st.retromae_loss import RetroMAELoss
 
 MAEColumns = Literal["all", "anchor", "documents"] | Sequence[int]
@@ -225,6 +226,7 @@ class RetroMAEContrastiveLoss(TrainableLossMixin, nn.Module):
         columns = self.check_batch(sentence_features, labels)
         if self.training:
             self._attach_to_running_trainer()
+            self._check_last_batch_of_running_trainer()
         terms = {}
         if self.contrastive_weight:
             terms["contrastive"] = self.contrastive_weight * self.contrastive_term(columns)
@@ -297,6 +299,38 @@ class RetroMAEContrastiveLoss(TrainableLossMixin, nn.Module):
                 "batch of an epoch is not a single leftover row."
             )
         return columns
+
+    def _check_last_batch_of_running_trainer(self) -> None:
+        """Fails on the first step, not at the end of an epoch, when the data leaves a last batch of 1 row.
+
+        Only for the default batch sampler on one process, where the batch sizes are known in advance.
+        """
+        trainer = _running_trainer()
+        if trainer is None or trainer is getattr(self, "_checked_trainer", None):
+            return
+        self._checked_trainer = trainer
+        args = trainer.args
+        if (
+            args.dataloader_drop_last
+            or not self.contrastive_weight
+            or args.world_size != 1
+            or args.batch_sampler != BatchSamplers.BATCH_SAMPLER
+        ):
+            return
+        name, dataset = None, trainer.train_dataset
+        if isinstance(trainer.loss, dict):
+            name = next((key for key, loss in trainer.loss.items() if loss is self), None)
+            dataset = dataset.get(name) if name is not None and isinstance(dataset, dict) else None
+        if not isinstance(dataset, Sized) or isinstance(dataset, dict):
+            return
+        batch_size = args.per_device_train_batch_size
+        if len(dataset) % batch_size == 1:
+            which = f"dataset {name!r}" if name else "the training dataset"
+            raise ValueError(
+                f"{which} has {len(dataset)} rows: with per_device_train_batch_size={batch_size} the last batch of "
+                f"every epoch is a single row, which has no in-batch negatives for {type(self).__name__}. "
+                "Set dataloader_drop_last=True (or change the batch size)."
+            )
 
     def _contrastive_world_size(self) -> int:
         return get_world_size() if self.contrastive_loss.gather_across_devices else 1

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from datasets import Dataset, DatasetDict
 from sentence_transformers import (
@@ -137,4 +138,25 @@ def test_two_stage_recipe_end_to_end_saves_plain_st_models(tiny_bert_dir, sample
     stage2 = SentenceTransformer(str(tmp_path / "out" / "stage2"), device="cpu")
     assert not torch.allclose(
         torch.tensor(stage1.encode(["some text"])), torch.tensor(stage2.encode(["some text"])), atol=1e-6
+    )
+
+
+def test_last_batch_of_one_row_fails_on_the_first_step(tiny_bert_dir, sample_texts, tmp_path):
+    model = load_cls_model(str(tiny_bert_dir), max_seq_length=32)
+    loss = {"nli": RetroMAEContrastiveLoss(model, mae_weight=0.0)}
+    data = DatasetDict({"nli": stage2_datasets(sample_texts)["nli"].select(range(9))})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    before = model[0].auto_model.encoder.layer[0].output.dense.weight.detach().clone()
+    with pytest.raises(ValueError, match="dataset 'nli' has 9 rows.*single row.*dataloader_drop_last=True"):
+        trainer.train()
+    assert torch.equal(model[0].auto_model.encoder.layer[0].output.dense.weight, before), (
+        "trained before failing"
     )
