@@ -52,7 +52,7 @@ from sentence_transformers.sentence_transformer.evaluation import (  # noqa: E40
 )
 
 from retromae_st import RetroMAEContrastiveLoss, RetroMAELoss, load_cls_model, save_as_masked_lm  # noqa: E402
-from retromae_st.data import prepare_text_dataset  # noqa: E402
+from retromae_st.data import prepare_contrastive_dataset, prepare_text_dataset  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -115,10 +115,7 @@ def msmarco_pairs(folder: Path, min_score: int = 2) -> Dataset:
 
 def nli_triplets(path: Path) -> Dataset:
     with open(path, encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    rows = [
-        row for row in rows if all((row[key] or "").strip() for key in ("anchor", "positive", "negative"))
-    ]
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     return Dataset.from_dict({key: [row[key] for row in rows] for key in ("anchor", "positive", "negative")})
 
 
@@ -215,12 +212,11 @@ def stage1(model_path: str, corpus: Path, output: Path, settings: Settings) -> P
 
 def stage2(stage1_path: Path, data: Path, output: Path, settings: Settings) -> Path:
     """RetroMAE + contrastive learning on MS MARCO pairs and NLI triplets in one multi-dataset run."""
-    train = DatasetDict(
-        {
-            "msmarco": msmarco_pairs(data / "beir_subsets" / "msmarco-5k"),
-            "nli": nli_triplets(data / "nli" / "snli_devtest_triplets.tsv"),
-        }
-    )
+    raw = {
+        "msmarco": msmarco_pairs(data / "beir_subsets" / "msmarco-5k"),
+        "nli": nli_triplets(data / "nli" / "snli_devtest_triplets.tsv"),
+    }
+    train = DatasetDict({name: prepare_contrastive_dataset(dataset)[0] for name, dataset in raw.items()})
     print("stage 2: " + ", ".join(f"{name} {len(ds)} rows {ds.column_names}" for name, ds in train.items()))
     model = load_cls_model(str(stage1_path), max_seq_length=settings.max_seq_length)
     mae = RetroMAELoss(model)  # picks up the stage-1 MLM head; one decoder shared by both datasets

@@ -224,3 +224,29 @@ def test_config_and_citation(tiny_model):
     assert config["mae_loss"] == "RetroMAELoss"
     assert config["contrastive_scale"] == 10.0 and config["mae_columns"] == "documents"
     assert "2208.00231" in loss.citation and "2205.12035" in loss.citation
+
+
+# -- prepare_contrastive_dataset ----------------------------------------------------------------------
+
+
+def test_prepare_contrastive_dataset_drops_empty_rows_and_names_bad_values():
+    from datasets import Dataset
+
+    from retromae_st.data import prepare_contrastive_dataset
+
+    data = Dataset.from_dict({"q": ["a", "", "c", None], "p": ["x", "y", " ", "w"], "extra": [1, 2, 3, 4]})
+    cleaned, dropped = prepare_contrastive_dataset(
+        data.add_item({"q": "d", "p": "z", "extra": 5}), columns=["q", "p"]
+    )
+    assert cleaned.column_names == ["q", "p"] and cleaned["q"] == ["a", "d"]
+    assert dropped.reasons == {"empty or whitespace-only": 2, "missing (None)": 1}
+    with pytest.raises(TypeError, match="column 'extra'.*row 0 is int"):
+        prepare_contrastive_dataset(data)
+    with pytest.raises(ValueError, match="'label' column"):
+        prepare_contrastive_dataset(Dataset.from_dict({"a": ["x"], "b": ["y"], "label": [1]}))
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        prepare_contrastive_dataset(data, columns=["q", "nope"])
+    with pytest.raises(ValueError, match="1 row.*at least 2 rows"):
+        prepare_contrastive_dataset(data, columns=["q", "p"])
+    with pytest.raises(ValueError, match="anchor, positive"):
+        prepare_contrastive_dataset(data, columns=["q"])
