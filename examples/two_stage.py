@@ -39,6 +39,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from datasets import Dataset, DatasetDict  # noqa: E402
 from sentence_transformers import (  # noqa: E402
     SentenceTransformer,
@@ -291,6 +292,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Loading BertModel from the stage-1 BertForMaskedLM export lists the MLM head as "unexpected": expected.
+    transformers.logging.set_verbosity_error()
     settings = settings_from(args)
     torch.manual_seed(args.seed)
     data, output = Path(args.data), Path(args.output)
