@@ -3,6 +3,7 @@
 from retromae_st.checkpointing import LossStateCallback
 from retromae_st.decoder import EnhancedDecoderLayer
 from retromae_st.export import load_cls_model, save_as_masked_lm
+from retromae_st.retromae_contrastive_loss import RetroMAEContrastiveLoss
 from retromae_st.retromae_loss import RetroMAELoss
 
 __version__ = "0.1.0"
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EnhancedDecoderLayer",
     "LossStateCallback",
+    "RetroMAEContrastiveLoss",
     "RetroMAELoss",
     "load_cls_model",
     "save_as_masked_lm",

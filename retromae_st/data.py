@@ -70,3 +70,50 @@ def prepare_text_dataset(dataset: Dataset, column: str = "text") -> tuple[Datase
         logger.warning("prepare_text_dataset dropped %d of %d rows: %s", dropped.total, len(dataset), dropped)
         dataset = dataset.select(keep)
     return dataset, dropped
+
+
+def prepare_contrastive_dataset(
+    dataset: Dataset, columns: list[str] | None = None
+) -> tuple[Dataset, DroppedRows]:
+    """Keeps the (anchor, positive[, negative...]) ``columns`` (default: all, in order), for
+    :class:`retromae_st.RetroMAEContrastiveLoss`: checks that they hold text and drops the rows in which
+    any of them is ``None``, empty or whitespace-only (counted). A non-string value is an error naming its
+    column and row, so is a ``label`` column or a dataset left with fewer than 2 rows.
+
+    Returns:
+        The cleaned dataset, and the count of dropped rows by reason.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+    columns = list(dataset.column_names if columns is None else columns)
+    if "label" in columns:
+        raise ValueError(
+            "RetroMAEContrastiveLoss takes no labels: drop the 'label' column (for NLI, build "
+            "(anchor, entailment, contradiction) triplets instead of labelled pairs)"
+        )
+    if len(columns) < 2:
+        raise ValueError(f"need (anchor, positive[, negative...]) text columns, got {columns}")
+    for column in columns:
+        _check_column(dataset, column)
+        _check_text_values(dataset, column)
+    dataset = dataset.select_columns(columns)
+    dropped = DroppedRows()
+    keep = []
+    for row, values in enumerate(zip(*(dataset[column] for column in columns), strict=True)):
+        if any(value is None for value in values):
+            dropped.reasons["missing (None)"] += 1
+        elif any(not value.strip() for value in values):
+            dropped.reasons["empty or whitespace-only"] += 1
+        else:
+            keep.append(row)
+    if len(keep) < 2:
+        raise ValueError(
+            f"{len(keep)} row(s) left after dropping empty texts ({dropped}): contrastive learning needs at "
+            "least 2 rows for in-batch negatives"
+        )
+    if dropped.total:
+        logger.warning(
+            "prepare_contrastive_dataset dropped %d of %d rows: %s", dropped.total, len(dataset), dropped
+        )
+        dataset = dataset.select(keep)
+    return dataset, dropped
