@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Module
 from torch import nn
 from transformers import BertConfig
@@ -109,6 +113,10 @@ class DupMAEPooling(Module):
           function of the text's content only.
         - ``projection_dim``: the projection is a new ``Linear(hidden_size, projection_dim, bias=False)``;
           it is not pre-trained (DupMAE pre-training has no such layer) and must be fine-tuned.
+
+        Reload a saved model with :func:`retromae_st.load_dupmae_model` (or
+        ``SentenceTransformer(path, trust_remote_code=True)`` for a folder you trust: sentence-transformers 6
+        imports module classes outside its namespace only with that flag).
 
         The module keeps its own copy of the MLM head (transform + output projection + bias), saved
         with the model as ``model.safetensors`` in the module folder.
@@ -322,3 +330,33 @@ DUPMAE_CITATION = """
     url = "https://arxiv.org/abs/2305.02564",
 }
 """
+
+
+def is_dupmae_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a saved SentenceTransformer folder with a :class:`DupMAEPooling` module."""
+    modules_file = Path(path) / "modules.json"
+    if not modules_file.is_file():
+        return False
+    modules = json.loads(modules_file.read_text())
+    return any(module.get("type") == DUPMAE_POOLING_REF for module in modules)
+
+
+def load_dupmae_model(path: str | os.PathLike, **kwargs) -> SentenceTransformer:
+    """Loads a saved DupMAE SentenceTransformer without ``trust_remote_code``.
+
+    sentence-transformers 6 imports a module class outside its own namespace only with
+    ``trust_remote_code=True``, which also lets the folder supply code for that class. Here the
+    ``DupMAEPooling`` entry of ``modules.json`` is resolved to this installed class instead, so nothing from
+    the folder is executed; any other non-sentence-transformers class still needs the flag.
+    ``SentenceTransformer(path, trust_remote_code=True)`` loads the same model from a folder you trust.
+    """
+    loader = getattr(SentenceTransformer, "_load_with_module_classes", None)
+    if loader is None:  # another sentence-transformers version: fall back to the public, explicit flag
+        raise RuntimeError(
+            "this sentence-transformers version cannot resolve DupMAEPooling to the installed class; load the "
+            "model with SentenceTransformer(path, trust_remote_code=True) if you trust the folder"
+        )
+    return loader(str(path), {DUPMAE_POOLING_REF: DupMAEPooling}, **kwargs)
+
+
+DUPMAE_POOLING_REF = f"{DupMAEPooling.__module__}.{DupMAEPooling.__qualname__}"
