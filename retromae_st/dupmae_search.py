@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
+from sentence_transformers.util import batch_to_device
 from tqdm.auto import tqdm
 
 from retromae_st.dupmae_pooling import DupMAEPooling
@@ -76,7 +77,7 @@ def encode_dupmae(
         ):
             rows = order[start : start + batch_size]
             features = _preprocess(model, [texts[row] for row in rows])
-            features = {key: value.to(model.device) for key, value in features.items()}
+            features = batch_to_device(features, model.device)
             out = model(features)
             cls[rows] = out["cls_embedding"].float().cpu().numpy()
             indices[rows] = out["ot_indices"].cpu().numpy()
