@@ -192,7 +192,7 @@ def build_dupmae_model(
     top_k: int = 256,
     projection_dim: int | None = None,
     activation: str = "none",
-    chunk_size: int = 4096,
+    chunk_size: int = 512,
 ) -> SentenceTransformer:
     """A SentenceTransformer giving DupMAE's representation: ``loss.model``'s Transformer + a
     :class:`retromae_st.DupMAEPooling` holding a copy of ``loss``'s (trained) MLM head, with

@@ -79,7 +79,7 @@ class DupMAEPooling(Module):
         top_k: int = 256,
         projection_dim: int | None = None,
         activation: str = "none",
-        chunk_size: int = 4096,
+        chunk_size: int = 512,
         special_token_ids: list[int] | None = None,
         layer_norm_eps: float = 1e-12,
         hidden_act: str = "gelu",
