@@ -41,6 +41,7 @@ def max_pool_vocab(
         logits = head(tokens[start : start + step]).to(pooled.dtype)
         index = rows[start : start + step, None].expand(-1, vocab_size)
         pooled = pooled.scatter_reduce(0, index, logits, reduce="amax", include_self=True)
+        del logits, index  # free this chunk before the next one is projected
     empty = ~ordinary.any(dim=1)
     return torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
 
