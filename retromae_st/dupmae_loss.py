@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
-from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling, max_pool_vocab
+from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling
 from retromae_st.masking import RetroMAEMasks, maskable_tokens
 from retromae_st.retromae_loss import RetroMAELoss
 
@@ -154,12 +154,6 @@ class DupMAELoss(RetroMAELoss):
         )
         empty = ~ordinary.any(dim=1)
         return torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
-
-    def ot_vector(
-        self, token_embeddings: torch.Tensor, ordinary: torch.Tensor, chunk_size: int | None = None
-    ):
-        """OT vector from hidden states, projecting ``chunk_size`` tokens at a time (for evaluation)."""
-        return max_pool_vocab(self.mlm_head, token_embeddings, ordinary, chunk_size)
 
     @staticmethod
     def encoder_mlm_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
