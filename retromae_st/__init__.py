@@ -2,6 +2,9 @@
 
 from retromae_st.checkpointing import LossStateCallback
 from retromae_st.decoder import EnhancedDecoderLayer
+from retromae_st.dupmae_loss import DupMAELoss, build_dupmae_model
+from retromae_st.dupmae_pooling import DupMAEPooling, load_dupmae_model
+from retromae_st.dupmae_search import DupMAERetriever
 from retromae_st.export import load_cls_model, save_as_masked_lm
 from retromae_st.retromae_contrastive_loss import RetroMAEContrastiveLoss
 from retromae_st.retromae_loss import RetroMAELoss
@@ -9,6 +12,11 @@ from retromae_st.retromae_loss import RetroMAELoss
 __version__ = "0.1.0"
 
 __all__ = [
+    "DupMAELoss",
+    "DupMAEPooling",
+    "DupMAERetriever",
+    "build_dupmae_model",
+    "load_dupmae_model",
     "EnhancedDecoderLayer",
     "LossStateCallback",
     "RetroMAEContrastiveLoss",

@@ -42,7 +42,12 @@ def load_model(path: str, device: str | None = None, max_seq_length: int | None 
     looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
     if looks_local and not Path(path).is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
-    model = SentenceTransformer(path, device=device)
+    from retromae_st.dupmae_pooling import is_dupmae_folder, load_dupmae_model
+
+    if looks_local and is_dupmae_folder(path):
+        model = load_dupmae_model(path, device=device)
+    else:
+        model = SentenceTransformer(path, device=device)
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model
@@ -63,8 +68,17 @@ def make_dense_retriever(model, args: argparse.Namespace):
     )
 
 
-# name -> factory(model, args) returning a retromae_st.eval.beir.Retriever. The DupMAE retriever registers here.
-RETRIEVERS: dict[str, Callable[[Any, argparse.Namespace], Any]] = {"dense": make_dense_retriever}
+def make_dupmae_retriever(model, args: argparse.Namespace):
+    from retromae_st.dupmae_search import DupMAERetriever
+
+    return DupMAERetriever(model, batch_size=args.batch_size, show_progress_bar=True)
+
+
+# name -> factory(model, args) returning a retromae_st.eval.beir.Retriever.
+RETRIEVERS: dict[str, Callable[[Any, argparse.Namespace], Any]] = {
+    "dense": make_dense_retriever,
+    "dupmae": make_dupmae_retriever,
+}
 
 
 def beir_folders(paths: Sequence[Path]) -> list[Path]:

@@ -250,3 +250,13 @@ def test_prepare_contrastive_dataset_drops_empty_rows_and_names_bad_values():
         prepare_contrastive_dataset(data, columns=["q", "p"])
     with pytest.raises(ValueError, match="anchor, positive"):
         prepare_contrastive_dataset(data, columns=["q"])
+
+
+def test_dupmae_as_the_mae_term_adds_the_bag_of_words_term(tiny_model, triplets):
+    from retromae_st import DupMAELoss
+
+    loss = RetroMAEContrastiveLoss(tiny_model, mae_loss="dupmae")
+    assert isinstance(loss.mae_loss, DupMAELoss)
+    terms = loss(tokenize_columns(tiny_model, triplets))
+    assert set(terms) == {"contrastive", "encoder_mlm", "decoder_mlm", "bow"}
+    assert all(torch.isfinite(value) for value in terms.values())

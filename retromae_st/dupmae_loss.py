@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+
+from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling
+from retromae_st.masking import RetroMAEMasks, maskable_tokens
+from retromae_st.retromae_loss import RetroMAELoss
+
+
+def ordinary_token_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_tokens: torch.Tensor
+) -> torch.Tensor:
+    """``(B, L)`` bool: the tokens DupMAE's OT task reads and predicts (not special, not padding, not position 0)."""
+    ordinary = maskable_tokens(input_ids, attention_mask, special_tokens)
+    ordinary[:, 0] = False
+    return ordinary
+
+
+def bag_of_words_target(input_ids: torch.Tensor, ordinary: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The authors' BoW target ``(B, V)``: ``1 / n`` at every distinct ordinary token of a row of ``n`` of them.
+
+    As in the authors' collator the weight is assigned, not accumulated: a repeated token gets ``1 / n``
+    once, so a row sums to ``#distinct / n``. Rows without ordinary tokens are all zeros.
+    """
+    counts = ordinary.sum(dim=1, keepdim=True).clamp(min=1)
+    rows = ordinary.nonzero(as_tuple=True)[0]
+    weight = torch.zeros(input_ids.size(0), vocab_size, device=input_ids.device)
+    weight[rows, input_ids[ordinary]] = (1.0 / counts.float()).expand_as(ordinary)[ordinary]
+    return weight
+
+
+def bag_of_words_loss(ot_vector: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_b( -sum_v target[b, v] * log_softmax(ot_vector[b])[v] )`` (the authors' ``decoder_ot_loss``)."""
+    log_probs = F.log_softmax(ot_vector.float(), dim=-1)
+    return -(target * log_probs).sum(dim=1).mean()
+
+
+class DupMAELoss(RetroMAELoss):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        encoder_mask_ratio: float = 0.3,
+        decoder_mask_ratio: float = 0.5,
+        decoder_pool_size: int = 256,
+        bow_loss_weight: float = 0.1,
+    ) -> None:
+        """
+        DupMAE (RetroMAE-2) pre-training: :class:`retromae_st.RetroMAELoss` plus a bag-of-words (BoW)
+        auto-encoding task on the ordinary tokens. The encoder's final hidden states of the ordinary
+        tokens (not ``[CLS]``, not special, not padding) of the *masked* input go through the MLM head;
+        max-pooling over positions gives a vocabulary-sized "OT" vector, trained with cross-entropy of its
+        log-softmax against the input's bag-of-words distribution.
+        Loss = encoder MLM + decoder MLM + ``bow_loss_weight`` x BoW.
+
+        Faithful to the authors' ``modeling_duplex.py`` / ``DupMAECollator``, with these notes:
+
+        - decoder query stream: ``embeddings(inputs_embeds=cls)``, i.e. ``[CLS]`` + position + token-type
+          embeddings passed through the embeddings' LayerNorm and dropout (RetroMAE's ``modeling.py`` adds
+          position embeddings only); :meth:`decoder_inputs` is overridden to match;
+        - BoW target: ``1 / n`` *assigned* to each distinct token of the ``n`` content tokens, so repeated
+          tokens count once (:func:`bag_of_words_target`);
+        - deviation: the OT max-pool excludes ``[SEP]`` and other special tokens (the authors pool every
+          non-padding position after ``[CLS]``, ``[SEP]`` included), per the issue's definition of ordinary
+          tokens; the same rule is used at inference by :class:`retromae_st.DupMAEPooling`;
+        - the MLM logits of the ordinary tokens are computed once and serve both the encoder MLM loss and
+          the OT max-pool (the authors compute ``B x L x V`` logits); padding and special positions are
+          never projected to the vocabulary. Backward needs these logits, so training memory is
+          ``(#ordinary tokens) x V``; inference (``DupMAEPooling``) is chunked.
+
+        Args:
+            model: A SentenceTransformer of a BERT-family ``Transformer`` + ``Pooling(pooling_mode="cls")``
+                (see :func:`retromae_st.load_cls_model`).
+            encoder_mask_ratio: Fraction of tokens masked in the encoder input.
+            decoder_mask_ratio: Fraction of tokens each decoder position cannot see.
+            decoder_pool_size: Number of decoder masks drawn per example.
+            bow_loss_weight: Weight of the BoW term (authors' default 0.1); must be >= 0.
+
+        References:
+            - RetroMAE-2: Duplex Masked Auto-Encoder For Pre-Training Retrieval-Oriented Language Models
+              (Xiao et al., ACL 2023): https://arxiv.org/abs/2305.02564
+            - Code: https://github.com/staoxiao/RetroMAE (``src/pretrain/modeling_duplex.py``, ``data.py``)
+
+        Requirements:
+            1. A BERT-family encoder with a tokenizer that has a mask token.
+            2. CLS pooling during pre-training; use :func:`retromae_st.build_dupmae_model` afterwards to get
+               the DupMAE representation (``[CLS]`` + top-k OT vector).
+
+        Inputs:
+            +-----------------+--------+
+            | Texts           | Labels |
+            +=================+========+
+            | (text)          | none   |
+            +-----------------+--------+
+
+        Relations:
+            - Extends :class:`retromae_st.RetroMAELoss` (same masking, decoder and MLM head).
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformerTrainer
+                from retromae_st import DupMAELoss, build_dupmae_model, load_cls_model
+
+                model = load_cls_model("bert-base-uncased", max_seq_length=256)
+                train_dataset = Dataset.from_dict({"text": ["First passage.", "Second passage."]})
+                loss = DupMAELoss(model)
+                SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss).train()
+                build_dupmae_model(loss, top_k=256).save("dupmae-model")
+        """
+        super().__init__(
+            model,
+            encoder_mask_ratio=encoder_mask_ratio,
+            decoder_mask_ratio=decoder_mask_ratio,
+            decoder_pool_size=decoder_pool_size,
+        )
+        if isinstance(bow_loss_weight, bool) or not isinstance(bow_loss_weight, (int, float)):
+            raise TypeError(f"bow_loss_weight must be a float >= 0, got {type(bow_loss_weight).__name__}")
+        if not bow_loss_weight >= 0.0 or bow_loss_weight == float("inf"):
+            raise ValueError(f"bow_loss_weight must be a finite float >= 0, got {bow_loss_weight}")
+        self.bow_loss_weight = float(bow_loss_weight)
+
+    @property
+    def head_vocab_size(self) -> int:
+        return self.mlm_head.predictions.decoder.weight.size(0)
+
+    def compute_loss_terms(
+        self, features: dict[str, torch.Tensor], masks: RetroMAEMasks
+    ) -> dict[str, torch.Tensor]:
+        """Encoder MLM, decoder MLM and the weighted BoW loss of a batch under the given masks."""
+        input_ids = features["input_ids"]
+        token_embeddings = self.encode(features, masks.encoder_input_ids)
+        ordinary = ordinary_token_mask(input_ids, features["attention_mask"], self.special_tokens)
+        logits = self.mlm_head(token_embeddings[ordinary]).float()
+        ot_vector = self.ot_vector_from_logits(logits, ordinary)
+        target = bag_of_words_target(input_ids, ordinary, self.head_vocab_size)
+        return {
+            "encoder_mlm": self.encoder_mlm_from_logits(logits, masks.encoder_labels[ordinary]),
+            "decoder_mlm": self.decoder_loss(token_embeddings[:, 0], input_ids, masks),
+            "bow": self.bow_loss_weight * bag_of_words_loss(ot_vector, target),
+        }
+
+    @staticmethod
+    def ot_vector_from_logits(logits: torch.Tensor, ordinary: torch.Tensor) -> torch.Tensor:
+        """Row-wise max of precomputed ordinary-token logits ``(N, V)``: the OT vector ``(B, V)``."""
+        rows = ordinary.nonzero(as_tuple=True)[0]
+        pooled = logits.new_full((ordinary.size(0), logits.size(1)), float("-inf"))
+        pooled = pooled.scatter_reduce(
+            0, rows[:, None].expand_as(logits), logits, reduce="amax", include_self=True
+        )
+        empty = ~ordinary.any(dim=1)
+        return torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+
+    @staticmethod
+    def encoder_mlm_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Encoder MLM cross-entropy at the labelled ordinary positions (0 when none is labelled)."""
+        labelled = labels != -100
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[labelled], labels[labelled])
+
+    def decoder_inputs(
+        self, sentence_embedding: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the authors' DupMAE: the query is ``embeddings(inputs_embeds=cls)`` (LayerNorm + dropout applied)."""
+        embeddings = self.transformer.auto_model.embeddings
+        token_embeddings = embeddings(input_ids=input_ids)
+        key_value = torch.cat([sentence_embedding[:, None], token_embeddings[:, 1:]], dim=1)
+        query = embeddings(inputs_embeds=sentence_embedding[:, None].expand_as(key_value))
+        return query, key_value
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {**super().get_config_dict(), "bow_loss_weight": self.bow_loss_weight}
+
+    @property
+    def citation(self) -> str:
+        return DUPMAE_CITATION
+
+
+def build_dupmae_model(
+    loss: DupMAELoss,
+    top_k: int = 256,
+    projection_dim: int | None = None,
+    activation: str = "none",
+    chunk_size: int = 512,
+) -> SentenceTransformer:
+    """A SentenceTransformer giving DupMAE's representation: ``loss.model``'s Transformer + a
+    :class:`retromae_st.DupMAEPooling` holding a copy of ``loss``'s (trained) MLM head, with
+    ``similarity_fn_name="dot"`` so that ``model.similarity`` is the paper's score.
+
+    The Transformer module is shared with ``loss.model`` (not copied): save the result to freeze it.
+    """
+    if not isinstance(loss, DupMAELoss):
+        raise TypeError(f"loss must be a DupMAELoss, got {type(loss).__name__}")
+    transformer = loss.transformer
+    config = transformer.auto_model.config
+    special_ids = loss.special_tokens.nonzero().flatten().tolist()
+    pooling = DupMAEPooling.from_mlm_head(
+        loss.mlm_head,
+        special_token_ids=[token for token in special_ids if token < loss.head_vocab_size],
+        hidden_act=config.hidden_act,
+        top_k=top_k,
+        projection_dim=projection_dim,
+        activation=activation,
+        chunk_size=chunk_size,
+    )
+    model = SentenceTransformer(modules=[transformer, pooling], similarity_fn_name="dot")
+    return model.to(next(transformer.parameters()).device)
