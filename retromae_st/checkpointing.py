@@ -192,6 +192,39 @@ class TrainableLossMixin:
             callback.restore_if_resuming(trainer.args, trainer.state)
 
 
+def sync_loss_gradients(loss: TrainableLossMixin) -> None:
+    """Averages the gradients of the loss's own parameters over all ranks, as DDP does for the model's.
+
+    The sentence-transformers trainer wraps only the model in ``DistributedDataParallel``; without this
+    every rank would update its own decoder/MLM head from its own shard, and the ranks would drift apart.
+    Parameters tied to the model (synchronised by DDP already) are skipped.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    model_params = {id(p) for p in unwrap(loss.model).parameters()}
+    params = [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for param in params:
+        size = param.numel()
+        param.grad = flat[offset : offset + size].view_as(param).clone()
+        offset += size
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
 def stateful_losses(loss: nn.Module | dict[str, nn.Module]) -> dict[str, TrainableLossMixin]:
     """The losses among a trainer's ``loss`` (one module or a dict per dataset) that own weights."""
     losses = loss if isinstance(loss, dict) else {"loss": loss}
@@ -233,6 +266,10 @@ class LossStateCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.restore_if_resuming(args, state)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for loss in stateful_losses(self.trainer.loss).values():
+            sync_loss_gradients(loss)
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
