@@ -9,7 +9,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from datasets import Dataset, IterableDataset, load_dataset
+from datasets import Dataset, Features, IterableDataset, Value, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ def clean_text(value: object, row: int, column: str, max_chars: int | None) -> t
     if "\ufffd" in value:
         return None, "undecodable bytes (not UTF-8)"
     if any(_is_invisible(char) for char in value):
-        value = "".join(" " if _is_invisible(char) else char for char in value)
+        # Deleted, as BERT's own text cleaning does; tokenizers without that cleaning get the same text.
+        value = "".join(char for char in value if not _is_invisible(char))
     if not value.strip():
         return None, "empty or whitespace-only"
     if not _SPECIAL_TOKEN_PATTERN.sub("", value).strip():
@@ -158,7 +159,8 @@ def clean_text_stream(
             dropped.reasons[reason] += 1
         return {column: text}
 
-    cleaned = dataset.map(clean, with_indices=True).filter(lambda example: example[column] is not None)
+    features = Features({column: Value("string")})  # the trainer needs to know the streamed columns
+    cleaned = dataset.map(clean, with_indices=True, features=features).filter(lambda example: example[column] is not None)
     return cleaned, dropped
 
 
