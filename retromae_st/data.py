@@ -160,7 +160,9 @@ def clean_text_stream(
         return {column: text}
 
     features = Features({column: Value("string")})  # the trainer needs to know the streamed columns
-    cleaned = dataset.map(clean, with_indices=True, features=features).filter(lambda example: example[column] is not None)
+    cleaned = dataset.map(clean, with_indices=True, features=features).filter(
+        lambda example: example[column] is not None
+    )
     return cleaned, dropped
 
 
