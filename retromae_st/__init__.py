@@ -1,6 +1,7 @@
 """retromae-st: RetroMAE-family retrieval-oriented pre-training as sentence-transformers losses."""
 
-from retromae_st.checkpointing import LossStateCallback
+from retromae_st.checkpointing import LossStateCallback, last_complete_checkpoint
+from retromae_st.data import load_text_corpus
 from retromae_st.decoder import EnhancedDecoderLayer
 from retromae_st.export import load_cls_model, save_as_masked_lm
 from retromae_st.retromae_loss import RetroMAELoss
@@ -11,6 +12,8 @@ __all__ = [
     "EnhancedDecoderLayer",
     "LossStateCallback",
     "RetroMAELoss",
+    "last_complete_checkpoint",
     "load_cls_model",
+    "load_text_corpus",
     "save_as_masked_lm",
 ]

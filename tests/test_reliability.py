@@ -269,3 +269,16 @@ def test_saved_weights_are_safetensors_only(tiny_bert_dir, sample_texts, tmp_pat
     # loads with torch.load(weights_only=True).
     torch_files = {p.name for p in (tmp_path / "out" / "checkpoint-2").glob("*.pt*")}
     assert torch_files <= {"optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt"}, torch_files
+
+
+@pytest.mark.slow
+def test_streaming_2000_steps_keeps_memory_flat():
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "streaming_memory.py"), "--steps", "2000"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        check=True,
+    )
+    ratio = float(re.search(r"growth / corpus size = ([-+0-9.]+)", completed.stdout).group(1))
+    assert ratio < 0.25, completed.stdout
