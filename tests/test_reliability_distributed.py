@@ -24,6 +24,12 @@ def free_port() -> int:
 
 def run_ddp_equivalence(loss_name: str, model_dir, result_path) -> dict:
     """Runs ``tests/distributed/ddp_equivalence.py`` on 2 CPU ranks and returns its measurements."""
+    return run_torchrun(
+        "tests.distributed.ddp_equivalence", [loss_name, str(model_dir), str(result_path)], result_path
+    )
+
+
+def run_torchrun(module: str, arguments: list[str], result_path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
     command = [
@@ -35,10 +41,8 @@ def run_ddp_equivalence(loss_name: str, model_dir, result_path) -> dict:
         "--master_port",
         str(free_port()),
         "-m",
-        "tests.distributed.ddp_equivalence",
-        loss_name,
-        str(model_dir),
-        str(result_path),
+        module,
+        *arguments,
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -63,3 +67,13 @@ def test_mask_seed_differs_per_rank_and_is_reproducible():
     assert len(seeds) == 8
     assert mask_seed(42, 3) == mask_seed(42, 3)
     assert mask_seed(42, 0) != mask_seed(43, 0)
+
+
+def test_trainer_under_torchrun_keeps_ranks_in_sync(tiny_bert_dir, tmp_path):
+    result_path = tmp_path / "result.json"
+    arguments = [str(tiny_bert_dir), str(tmp_path / "out"), str(result_path)]
+    result = run_torchrun("tests.distributed.trainer_ranks_agree", arguments, result_path)
+    assert result["world_size"] == 2
+    assert result["model_wrappers"] == ["DistributedDataParallel"]
+    assert result["model_params"] == 0.0
+    assert result["loss_params"] == 0.0, "the loss's decoder/MLM head drifted apart between ranks"
