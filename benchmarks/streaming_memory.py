@@ -2,9 +2,9 @@
 
 Writes a corpus file (default 64 MiB of text lines), streams it with
 :func:`retromae_st.data.load_text_corpus` (``datasets`` streaming, an ``IterableDataset``) and trains a
-tiny BERT for ``--steps`` steps, reading the process's resident set size (RSS) after the first logged
-step and at the end. The baseline in the same run is the corpus file size: a run that loaded the
-corpus would grow by about that much (more, as Arrow/Python objects).
+tiny BERT for ``--steps`` steps, reading the process's resident set size (RSS) before streaming, at
+step 1, after warm-up (step 250) and every 250 steps to the end. Baselines in the same run: the corpus
+file size (a run that loaded the corpus would grow by at least that much) and the RSS before streaming.
 
     OMP_NUM_THREADS=1 python benchmarks/streaming_memory.py --steps 2000 --batch-size 4 --max-seq-length 32
 """
@@ -79,6 +79,7 @@ def main() -> None:
         model_dir = build_tiny_bert(tmp / "tiny", AutoTokenizer.from_pretrained(minilm_path()))
         torch.manual_seed(0)
         model = load_cls_model(str(model_dir), max_seq_length=args.max_seq_length)
+        before_stream = rss_mib()
         dataset, dropped = load_text_corpus(corpus)
         recorder = RSSRecorder()
         training_args = SentenceTransformerTrainingArguments(
@@ -102,7 +103,8 @@ def main() -> None:
         elapsed = time.perf_counter() - start
 
     rows = args.steps * args.batch_size
-    (_, first), (_, last) = recorder.samples[0], recorder.samples[-1]
+    samples = dict(recorder.samples)
+    first, warm, last = samples[1], samples.get(250, samples[1]), recorder.samples[-1][1]
     print(
         f"corpus: {corpus_mib:.1f} MiB on disk; trained {args.steps} steps x {args.batch_size} = {rows} rows"
     )
@@ -110,11 +112,14 @@ def main() -> None:
     print("step  RSS MiB")
     for step, rss in recorder.samples:
         print(f"{step:>5}  {rss:8.1f}")
-    growth = last - first
     print(
-        f"RSS start (step 1) {first:.1f} MiB, end (step {args.steps}) {last:.1f} MiB, growth {growth:+.1f} MiB"
+        f"RSS before streaming {before_stream:.1f} MiB; step 1 {first:.1f}; step 250 {warm:.1f}; end {last:.1f}"
     )
-    print(f"growth / corpus size = {growth / corpus_mib:+.3f} (loading the corpus would be >= 1)")
+    print(
+        f"growth step 1 -> end {last - first:+.1f} MiB; after warm-up (step 250 -> end) {last - warm:+.1f} MiB"
+    )
+    print(f"growth / corpus size = {(last - first) / corpus_mib:+.3f} (loading the corpus would be >= 1)")
+    print(f"growth after warm-up / corpus size = {(last - warm) / corpus_mib:+.3f}")
 
 
 if __name__ == "__main__":

@@ -280,5 +280,5 @@ def test_streaming_2000_steps_keeps_memory_flat():
         env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
         check=True,
     )
-    ratio = float(re.search(r"growth / corpus size = ([-+0-9.]+)", completed.stdout).group(1))
-    assert ratio < 0.25, completed.stdout
+    ratio = float(re.search(r"growth after warm-up / corpus size = ([-+0-9.]+)", completed.stdout).group(1))
+    assert ratio < 0.1, completed.stdout
