@@ -69,6 +69,7 @@ def test_mask_seed_differs_per_rank_and_is_reproducible():
     assert mask_seed(42, 0) != mask_seed(43, 0)
 
 
+@pytest.mark.slow  # ~30 s: a real 2-rank trainer run (the DDP equivalence above covers the maths in CI)
 def test_trainer_under_torchrun_keeps_ranks_in_sync(tiny_bert_dir, tmp_path):
     result_path = tmp_path / "result.json"
     arguments = [str(tiny_bert_dir), str(tmp_path / "out"), str(result_path)]
