@@ -1,6 +1,7 @@
 """retromae-st: RetroMAE-family retrieval-oriented pre-training as sentence-transformers losses."""
 
-from retromae_st.checkpointing import LossStateCallback
+from retromae_st.checkpointing import LossStateCallback, last_complete_checkpoint
+from retromae_st.data import load_text_corpus
 from retromae_st.decoder import EnhancedDecoderLayer
 from retromae_st.dupmae_loss import DupMAELoss, build_dupmae_model
 from retromae_st.dupmae_pooling import DupMAEPooling, load_dupmae_model
@@ -21,6 +22,8 @@ __all__ = [
     "LossStateCallback",
     "RetroMAEContrastiveLoss",
     "RetroMAELoss",
+    "last_complete_checkpoint",
     "load_cls_model",
+    "load_text_corpus",
     "save_as_masked_lm",
 ]

@@ -7,12 +7,26 @@ Losses deriving from :class:`TrainableLossMixin` attach the callback to the trai
 their first training step (found on the call stack, as the ``self`` of ``compute_loss``), so
 ``SentenceTransformerTrainer`` and ``model.fit`` need no extra setup. A custom loop that calls the loss
 outside a Trainer saves and loads the state itself with ``save_training_state``/``load_training_state``.
+
+Interruption safety: the Hugging Face Trainer (v5) writes a checkpoint in place (no temporary folder,
+no rename) and calls ``on_save`` only after the model, optimizer, scheduler, RNG and trainer state are
+written. The loss state is therefore written last, each file atomically (temporary file, fsync,
+``os.replace``), followed by a ``loss_state/complete.json`` marker. A checkpoint without that marker was
+cut off mid-save: :func:`last_complete_checkpoint` skips it and resuming from it is refused with an
+error naming it (``transformers.trainer_utils.get_last_checkpoint``, which ``resume_from_checkpoint=True``
+uses, would pick it).
+
+Masking randomness: each loss draws its masks from its own ``torch.Generator`` seeded from
+``(torch.initial_seed(), rank)`` (the trainer seeds every rank alike with ``args.seed``), so ranks mask
+differently yet reproducibly; the generator state is checkpointed with the loss state for exact resume.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 
 import torch
@@ -24,6 +38,65 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 logger = logging.getLogger(__name__)
 
 LOSS_STATE_DIR = "loss_state"
+COMPLETE_MARKER = "complete.json"
+GENERATOR_STATE_KEY = "__mask_generator_state__"
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def mask_seed(base_seed: int, rank: int) -> int:
+    """The seed of one rank's masking generator: distinct per rank, fixed by ``base_seed``."""
+    return (base_seed * 1_000_003 + rank * 7_919 + 1) % (2**63 - 1)
+
+
+def current_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """``safetensors`` save that never leaves a truncated file at ``path``: write aside, then rename."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    save_file(tensors, temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _atomic_write_text(text: str, path: str) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def is_complete_checkpoint(checkpoint: str) -> bool:
+    """Whether the trainer and :class:`LossStateCallback` both finished writing ``checkpoint``."""
+    return os.path.isfile(os.path.join(checkpoint, "trainer_state.json")) and os.path.isfile(
+        os.path.join(checkpoint, LOSS_STATE_DIR, COMPLETE_MARKER)
+    )
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` whose save finished; partial ones are skipped.
+
+    Pass it as ``trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))``
+    after an interruption.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_NAME.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isdir(path):
+            if is_complete_checkpoint(path):
+                steps.append((int(match.group(1)), path))
+            else:
+                logger.warning("Skipping incomplete checkpoint %s (interrupted while saving)", path)
+    return max(steps)[1] if steps else None
 
 
 class TrainableLossMixin:
@@ -57,11 +130,35 @@ class TrainableLossMixin:
             for key, tensor in state.items():
                 current[key].copy_(tensor)
 
+    def mask_generator(self, device: torch.device) -> torch.Generator:
+        """This loss's masking random stream on ``device``: seeded per rank on first use, resumable."""
+        generator = getattr(self, "_mask_generator", None)
+        if generator is None or generator.device != torch.device(device):
+            generator = torch.Generator(device=device)
+            pending = getattr(self, "_pending_generator_state", None)
+            if pending is not None:
+                generator.set_state(pending)
+                self._pending_generator_state = None
+            else:
+                generator.manual_seed(mask_seed(torch.initial_seed(), current_rank()))
+            self._mask_generator = generator
+        return generator
+
+    def _generator_state(self) -> torch.Tensor | None:
+        generator = getattr(self, "_mask_generator", None)
+        if generator is not None:
+            return generator.get_state()
+        return getattr(self, "_pending_generator_state", None)
+
     def save_training_state(self, directory: str, name: str = "loss") -> str:
-        """Writes the loss's own weights to ``directory/loss_state/<name>.safetensors``."""
+        """Writes the loss's own weights (and masking RNG state) to ``directory/loss_state/<name>.safetensors``."""
         path = os.path.join(directory, LOSS_STATE_DIR, f"{name}.safetensors")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_file({key: tensor.cpu() for key, tensor in self.training_state_dict().items()}, path)
+        tensors = {key: tensor.cpu().contiguous() for key, tensor in self.training_state_dict().items()}
+        generator_state = self._generator_state()
+        if generator_state is not None:
+            tensors[GENERATOR_STATE_KEY] = generator_state.cpu()
+        atomic_save_file(tensors, path)
         return path
 
     def load_training_state(self, directory: str, name: str = "loss") -> None:
@@ -72,7 +169,12 @@ class TrainableLossMixin:
                 f"No {type(self).__name__} state at {path}: this checkpoint was not written while training "
                 "with this loss, so its decoder/MLM head cannot be restored."
             )
-        self.load_training_state_dict(load_file(path))
+        state = load_file(path)
+        generator_state = state.pop(GENERATOR_STATE_KEY, None)
+        self.load_training_state_dict(state)
+        if generator_state is not None:
+            self._mask_generator = None
+            self._pending_generator_state = generator_state
 
     def _attach_to_running_trainer(self) -> None:
         """Lets the trainer running this training step checkpoint the loss's weights (once per trainer)."""
@@ -88,6 +190,39 @@ class TrainableLossMixin:
             trainer.add_callback(callback)
             # The trainer already resumed (if it did) before this first step: restore now.
             callback.restore_if_resuming(trainer.args, trainer.state)
+
+
+def sync_loss_gradients(loss: TrainableLossMixin) -> None:
+    """Averages the gradients of the loss's own parameters over all ranks, as DDP does for the model's.
+
+    The sentence-transformers trainer wraps only the model in ``DistributedDataParallel``; without this
+    every rank would update its own decoder/MLM head from its own shard, and the ranks would drift apart.
+    Parameters tied to the model (synchronised by DDP already) are skipped.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    model_params = {id(p) for p in unwrap(loss.model).parameters()}
+    params = [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for param in params:
+        size = param.numel()
+        param.grad = flat[offset : offset + size].view_as(param).clone()
+        offset += size
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
 
 
 def stateful_losses(loss: nn.Module | dict[str, nn.Module]) -> dict[str, TrainableLossMixin]:
@@ -132,6 +267,10 @@ class LossStateCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.restore_if_resuming(args, state)
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for loss in stateful_losses(self.trainer.loss).values():
+            sync_loss_gradients(loss)
+
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
@@ -139,8 +278,12 @@ class LossStateCallback(TrainerCallback):
         if not os.path.isdir(checkpoint):
             logger.warning("Checkpoint folder %s not found: loss state not saved", checkpoint)
             return
-        for name, loss in stateful_losses(self.trainer.loss).items():
+        losses = stateful_losses(self.trainer.loss)
+        for name, loss in losses.items():
             loss.save_training_state(checkpoint, name)
+        # Written last: its presence certifies the whole checkpoint (see the module docstring).
+        marker = {"global_step": state.global_step, "losses": sorted(losses)}
+        _atomic_write_text(json.dumps(marker), os.path.join(checkpoint, LOSS_STATE_DIR, COMPLETE_MARKER))
 
     def restore_if_resuming(self, args, state) -> None:
         if state.global_step == 0 or self._restored_step == state.global_step:
@@ -148,6 +291,13 @@ class LossStateCallback(TrainerCallback):
         checkpoint = _resume_path_on_stack() or os.path.join(
             args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         )
+        if not is_complete_checkpoint(checkpoint):
+            raise ValueError(
+                f"Checkpoint {checkpoint} is incomplete: the run was interrupted while saving it, so its "
+                f"weights or optimizer state may be partial. Resume from the last complete one instead: "
+                f"resume_from_checkpoint={last_complete_checkpoint(os.path.dirname(checkpoint))!r} "
+                "(retromae_st.last_complete_checkpoint(output_dir))."
+            )
         for name, loss in stateful_losses(self.trainer.loss).items():
             loss.load_training_state(checkpoint, name)
             logger.info("Restored %s state from %s", type(loss).__name__, checkpoint)

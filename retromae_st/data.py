@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from datasets import Dataset
+from datasets import Dataset, Features, IterableDataset, Value, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +120,140 @@ def prepare_contrastive_dataset(
         )
         dataset = dataset.select(keep)
     return dataset, dropped
+
+
+# Streaming corpora ------------------------------------------------------------------------------
+
+#: Special-token spellings of BERT/RoBERTa tokenizers; a row made only of these has no text to learn.
+SPECIAL_TOKEN_TEXTS = (
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[PAD]",
+    "[UNK]",
+    "<s>",
+    "</s>",
+    "<mask>",
+    "<pad>",
+    "<unk>",
+)
+_SPECIAL_TOKEN_PATTERN = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKEN_TEXTS))
+_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json"}
+
+
+def _is_invisible(char: str) -> bool:
+    # Control characters (except whitespace) and format characters: zero-width spaces/joiners,
+    # byte-order marks, bidirectional (RTL/LTR) overrides and isolates.
+    category = unicodedata.category(char)
+    return (category == "Cc" and char not in "\t\n\r") or category == "Cf"
+
+
+def clean_text(value: object, row: int, column: str, max_chars: int | None) -> tuple[str | None, str | None]:
+    """One row's text cleaned for training, or ``(None, reason)`` when the row has to be dropped.
+
+    Raises:
+        TypeError: the value is neither text nor missing (naming ``row`` and ``column``).
+    """
+    if value is None:
+        return None, "missing (None)"
+    if not isinstance(value, str):
+        raise TypeError(
+            f"column {column!r} must hold text, but row {row} is {type(value).__name__}: {value!r:.80}"
+        )
+    if "\ufffd" in value:
+        return None, "undecodable bytes (not UTF-8)"
+    if any(_is_invisible(char) for char in value):
+        # Deleted, as BERT's own text cleaning does; tokenizers without that cleaning get the same text.
+        value = "".join(char for char in value if not _is_invisible(char))
+    if not value.strip():
+        return None, "empty or whitespace-only"
+    if not _SPECIAL_TOKEN_PATTERN.sub("", value).strip():
+        return None, "only special-token text"
+    if max_chars is not None and len(value) > max_chars:
+        # Tokenising a 100k-character line costs time and memory for tokens that truncation drops.
+        value = value[:max_chars]
+    return value, None
+
+
+def clean_text_stream(
+    dataset: IterableDataset, column: str = "text", max_chars: int | None = 20_000
+) -> tuple[IterableDataset, DroppedRows]:
+    """Lazily cleans and filters a streamed text column (see :func:`clean_text`).
+
+    Rows are dropped as the stream is read, so the returned :class:`DroppedRows` fills up during
+    training (read it after ``trainer.train()``); each new drop reason is logged once with its row.
+    A value that is neither text nor ``None`` raises a ``TypeError`` naming the row.
+    """
+    if not isinstance(dataset, IterableDataset):
+        raise TypeError(f"dataset must be a datasets.IterableDataset, got {type(dataset).__name__}")
+    if max_chars is not None and (
+        isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1
+    ):
+        raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}")
+    if dataset.column_names is not None:
+        if column not in dataset.column_names:
+            raise ValueError(f"dataset has no column {column!r}; its columns are {dataset.column_names}")
+        dataset = dataset.select_columns([column])
+    dropped = DroppedRows()
+
+    def clean(example: dict, row: int) -> dict:
+        text, reason = clean_text(example[column], row, column, max_chars)
+        if reason is not None:
+            if not dropped.reasons[reason]:
+                logger.warning(
+                    "Dropping row %d of the text corpus: %s (further such rows are counted)", row, reason
+                )
+            dropped.reasons[reason] += 1
+        return {column: text}
+
+    features = Features({column: Value("string")})  # the trainer needs to know the streamed columns
+    cleaned = dataset.map(clean, with_indices=True, features=features).filter(
+        lambda example: example[column] is not None
+    )
+    return cleaned, dropped
+
+
+def load_text_corpus(
+    data_files: str | os.PathLike | list[str | os.PathLike],
+    column: str = "text",
+    max_chars: int | None = 20_000,
+) -> tuple[IterableDataset, DroppedRows]:
+    """Streams a local corpus (``.txt``: one passage per line; ``.jsonl``: one object per line) without
+    loading it into memory, cleaned lazily by :func:`clean_text_stream`.
+
+    Lines of a text file that are not valid UTF-8 are dropped (and counted) instead of stopping the
+    run. Train with ``max_steps`` set, as for any ``IterableDataset``.
+
+    Example:
+        ::
+
+            train_dataset, dropped = load_text_corpus("corpus.txt")
+            trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
+            trainer.train()
+            print(f"dropped rows: {dropped}")
+    """
+    files = [
+        os.fspath(path) for path in (data_files if isinstance(data_files, (list, tuple)) else [data_files])
+    ]
+    if not files:
+        raise ValueError("data_files is empty")
+    formats = set()
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data_files: no such file {path!r}")
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in _FORMATS:
+            raise ValueError(
+                f"data_files: {path!r} is neither .txt nor .jsonl (supported: {sorted(_FORMATS)})"
+            )
+        formats.add(_FORMATS[suffix])
+    if len(formats) > 1:
+        raise ValueError("data_files mixes .txt and .jsonl files; stream each kind separately")
+    builder = formats.pop()
+    # "replace" marks undecodable bytes with U+FFFD, which clean_text drops (counted) row by row.
+    dataset = load_dataset(
+        builder, data_files=files, split="train", streaming=True, encoding_errors="replace"
+    )
+    if builder == "text" and column != "text":
+        dataset = dataset.rename_column("text", column)
+    return clean_text_stream(dataset, column, max_chars)

@@ -252,7 +252,9 @@ class RetroMAEContrastiveLoss(TrainableLossMixin, nn.Module):
 
     def _mae_terms_of(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         self.mae_loss.check_has_content(features)
-        return self.mae_loss.compute_loss_terms(features, self.mae_loss.make_masks(features))
+        # This loss's own masking stream (per rank, checkpointed with this loss's state).
+        masks = self.mae_loss.make_masks(features, self.mask_generator(features["input_ids"].device))
+        return self.mae_loss.compute_loss_terms(features, masks)
 
     def mae_column_indices(self, num_columns: int) -> list[int]:
         if self.mae_columns == "all":

@@ -165,7 +165,7 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         features = self.text_features(sentence_features)
         if self.training:
             self._attach_to_running_trainer()
-        masks = self.make_masks(features)
+        masks = self.make_masks(features, self.mask_generator(features["input_ids"].device))
         return self.compute_loss_terms(features, masks)
 
     def compute_loss_terms(

@@ -78,11 +78,14 @@ def test_contrastive_weight_zero_gives_exactly_the_mae_loss(eval_model, triplets
     features = tokenize_columns(eval_model, triplets)
     loss = RetroMAEContrastiveLoss(eval_model, contrastive_weight=0.0)
     monkeypatch.setattr(loss, "contrastive_term", lambda columns: pytest.fail("contrastive term computed"))
-    torch.manual_seed(3)
+    generator = loss.mask_generator(features[0]["input_ids"].device)
+    state = generator.get_state()
+    torch.manual_seed(3)  # decoder dropout
     terms = loss(features)
     merged = merge_feature_batches(features)
+    generator.set_state(state)
     torch.manual_seed(3)
-    expected = loss.mae_loss.compute_loss_terms(merged, loss.mae_loss.make_masks(merged))
+    expected = loss.mae_loss.compute_loss_terms(merged, loss.mae_loss.make_masks(merged, generator))
     assert set(terms) == {"encoder_mlm", "decoder_mlm"}
     for name in terms:
         assert torch.equal(terms[name], expected[name]), name
@@ -106,12 +109,15 @@ def test_weights_scale_each_term(eval_model, triplets):
 def test_mae_columns_choose_the_reconstructed_texts(eval_model, triplets, mae_columns, expected):
     features = tokenize_columns(eval_model, triplets)
     loss = RetroMAEContrastiveLoss(eval_model, contrastive_weight=0.0, mae_columns=mae_columns)
-    torch.manual_seed(11)
+    generator = loss.mask_generator(features[0]["input_ids"].device)
+    state = generator.get_state()
+    torch.manual_seed(11)  # decoder dropout
     terms = loss(features)
     chosen = [features[i] for i in expected]
     merged = chosen[0] if len(chosen) == 1 else merge_feature_batches(chosen)
+    generator.set_state(state)
     torch.manual_seed(11)
-    reference = loss.mae_loss.compute_loss_terms(merged, loss.mae_loss.make_masks(merged))
+    reference = loss.mae_loss.compute_loss_terms(merged, loss.mae_loss.make_masks(merged, generator))
     assert torch.equal(terms["decoder_mlm"], reference["decoder_mlm"])
 
 
