@@ -11,7 +11,9 @@ sum of the loss terms, backward, AdamW step, zero_grad. Variants:
   them), logits at every position over the full vocabulary, BertLayer-style decoder with an additive
   ``(B, 1, L, L)`` float mask. It shares the encoder code with ours.
 - ``ours``: ``RetroMAELoss`` on the padded tensors of the sentence-transformers collator.
-- ``ours-bf16``: the same under ``torch.autocast(device, dtype=torch.bfloat16)``.
+- ``ours-unfused``: ``RetroMAELoss`` with the MLM heads' plain path (logits at labelled positions
+  kept for autograd) instead of the fused projection + cross-entropy: measures that optimisation.
+- ``ours-bf16``: ``ours`` under ``torch.autocast(device, dtype=torch.bfloat16)``.
 - ``dupmae``: ``retromae_st.DupMAELoss`` when it can be imported (skipped with a note otherwise).
 
 Every batch has rows of exactly ``length`` tokens (running text, as length-grouped batches of long
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,6 +47,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+import retromae_st.mlm_head  # noqa: E402
 from benchmarks.reference_retromae import (  # noqa: E402
     ReferenceRetroMAECollator,
     ReferenceRetroMAEModel,
@@ -130,6 +133,21 @@ class Memory:
             self.peak_mb = self._status_mb("VmHWM") - self.start
 
 
+def unfused_linear_cross_entropy(x, weight, bias, targets, chunk_rows=None) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias).float(), targets)
+
+
+@contextmanager
+def unfused_heads():
+    """Routes ``masked_lm_loss`` through plain autograd logits while active."""
+    fused = retromae_st.mlm_head.linear_cross_entropy
+    retromae_st.mlm_head.linear_cross_entropy = unfused_linear_cross_entropy
+    try:
+        yield
+    finally:
+        retromae_st.mlm_head.linear_cross_entropy = fused
+
+
 class Runner:
     """One loss variant on one model: a full training step and its components, ready to time."""
 
@@ -143,9 +161,13 @@ class Runner:
         self.reference = ReferenceRetroMAEModel(self.loss) if variant == "baseline" else None
         self.collator = ReferenceRetroMAECollator(tokenizer)
         self.optimizer = torch.optim.AdamW(self.loss.parameters(), lr=1e-5)
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if variant == "ours-bf16" else nullcontext()
-        )
+        self.variant = variant
+
+    @property
+    def autocast(self):
+        if self.variant == "ours-bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return unfused_heads() if self.variant == "ours-unfused" else nullcontext()
 
     def sync(self) -> None:
         if self.device.type == "cuda":

@@ -115,3 +115,47 @@ def test_same_loss_in_training_mode_without_dropout(tiny_model, sample_texts):
     ours = loss_and_gradients(loss, lambda: loss.compute_loss_terms(features, masks))
     theirs = loss_and_gradients(loss, lambda: reference(reference_batch_from_masks(features, masks)))
     assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_linear_cross_entropy_matches_autograd(with_bias):
+    from retromae_st.fused_cross_entropy import linear_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(11, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(50, 8, generator=generator, requires_grad=True)
+    bias = torch.randn(50, generator=generator, requires_grad=True) if with_bias else None
+    targets = torch.randint(50, (11,), generator=generator)
+    leaves = [x, weight] + ([bias] if with_bias else [])
+
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias), targets)
+    expected_grads = torch.autograd.grad(expected * 3.0, leaves)
+    fused = linear_cross_entropy(x, weight, bias, targets, chunk_rows=4)  # 3 chunks, the last one short
+    fused_grads = torch.autograd.grad(fused * 3.0, leaves)
+
+    torch.testing.assert_close(fused, expected, atol=ATOL, rtol=0)
+    for ours, theirs in zip(fused_grads, expected_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            linear_cross_entropy(x, weight, bias, targets), expected, atol=ATOL, rtol=0
+        )
+
+
+def test_fused_linear_cross_entropy_under_bf16_autocast():
+    from retromae_st.fused_cross_entropy import linear_cross_entropy
+
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 16, generator=generator, requires_grad=True)
+    weight = torch.randn(40, 16, generator=generator, requires_grad=True)
+    targets = torch.randint(40, (9,), generator=generator)
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight), targets)
+    expected_grads = torch.autograd.grad(expected, [x, weight])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(x, weight, None, targets, chunk_rows=4)
+    fused_grads = torch.autograd.grad(fused, [x, weight])
+    assert fused.dtype == torch.float32 and torch.isfinite(fused)
+    torch.testing.assert_close(fused, expected, atol=0.1, rtol=0.02)
+    for ours, theirs in zip(fused_grads, expected_grads, strict=True):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, atol=0.02, rtol=0.05)
