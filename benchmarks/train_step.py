@@ -17,7 +17,7 @@ sum of the loss terms, backward, AdamW step, zero_grad. Variants:
 - ``dupmae``: ``retromae_st.DupMAELoss`` when it can be imported (skipped with a note otherwise).
 
 Every batch has rows of exactly ``length`` tokens (running text, as length-grouped batches of long
-passages are). Reported per step: median ms over ``--repeats`` steps, tokens/s, peak memory above the
+passages are). Reported per step: median ms over ``--repeats`` steps (interleaved across variants), tokens/s, peak memory above the
 memory held before the step (CPU: the process's peak RSS, reset through ``/proc/self/clear_refs``;
 CUDA: ``max_memory_allocated``), and a breakdown timed component by component, forward + backward
 each: masking, encoder, decoder, MLM heads (both), BoW (DupMAE minus RetroMAE), optimizer.
@@ -260,17 +260,29 @@ def median_ms(function: Callable[[], None], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def measure(runner: Runner, ids: list[list[int]], repeats: int, breakdown_repeats: int) -> dict:
-    runner.set_batch(ids)
-    with Memory(runner.device) as memory:  # the first step also warms up this shape
-        runner.step()
-    step_ms = median_ms(runner.step, repeats)
+def measure(runners: dict[str, Runner], ids: list[list[int]], repeats: int, breakdown_repeats: int) -> dict:
+    """Every variant on one batch. Timed steps are interleaved across variants (round robin), so that
+    load from other processes on a shared machine falls on all of them alike."""
+    results, times = {}, {variant: [] for variant in runners}
+    for variant, runner in runners.items():
+        runner.set_batch(ids)
+        with Memory(runner.device) as memory:  # the first step also warms up this shape
+            runner.step()
+        results[variant] = {"peak_mb": memory.peak_mb}
+    for _ in range(repeats):
+        for variant, runner in runners.items():
+            start = time.perf_counter()
+            runner.step()
+            times[variant].append(time.perf_counter() - start)
     tokens = len(ids) * len(ids[0])
-    result = {"step_ms": step_ms, "tokens_per_s": tokens / step_ms * 1000, "peak_mb": memory.peak_mb}
-    for name, function in runner.components().items():
-        result[f"{name}_ms"] = median_ms(function, repeats if name == "masking" else breakdown_repeats)
-    runner.loss.zero_grad(set_to_none=True)
-    return result
+    for variant, runner in runners.items():
+        result = results[variant]
+        result["step_ms"] = 1000 * statistics.median(times[variant])
+        result["tokens_per_s"] = tokens / result["step_ms"] * 1000
+        for name, function in runner.components().items():
+            result[f"{name}_ms"] = median_ms(function, repeats if name == "masking" else breakdown_repeats)
+        runner.loss.zero_grad(set_to_none=True)
+    return results
 
 
 def main() -> None:
@@ -317,10 +329,7 @@ def main() -> None:
                 if f"{batch_size}x{length}" in args.skip:
                     continue
                 ids = batch_ids(tokenizer, batch_size, length)
-                results = {
-                    variant: measure(runner, ids, args.repeats, args.breakdown_repeats)
-                    for variant, runner in runners.items()
-                }
+                results = measure(runners, ids, args.repeats, args.breakdown_repeats)
                 if "dupmae" in results and "ours" in results:
                     results["dupmae"]["bow_ms"] = results["dupmae"]["step_ms"] - results["ours"]["step_ms"]
                 base = results.get("baseline")
