@@ -7,6 +7,7 @@ Kept out of the package on purpose: these are written the way the authors' code 
 
 from __future__ import annotations
 
+import math
 import random
 from copy import deepcopy
 
@@ -115,3 +116,88 @@ class ReferenceRetroMAECollator:
             "decoder_attention_mask": pad(decoder_attention, 0),
             "decoder_labels": pad(decoder_labels, -100),
         }
+
+
+def additive_attention_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """BERT's ``get_extended_attention_mask`` for a ``(B, L, L)`` 0/1 mask: ``(B, 1, L, L)`` additive."""
+    extended = visible[:, None, :, :].to(dtype)
+    return (1.0 - extended) * torch.finfo(dtype).min
+
+
+def reference_decoder_layer(
+    layer: torch.nn.Module, query: torch.Tensor, key_value: torch.Tensor, additive_mask: torch.Tensor
+) -> torch.Tensor:
+    """The authors' ``BertLayerForDecoder`` forward: explicit scores, additive mask, softmax, dropout.
+
+    Runs on the weights of our :class:`retromae_st.EnhancedDecoderLayer` so both can be compared.
+    """
+    batch, length, width = query.shape
+    heads = layer.num_attention_heads
+    head_size = width // heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, heads, head_size).permute(0, 2, 1, 3)
+
+    q, k, v = split(layer.query(query)), split(layer.key(key_value)), split(layer.value(key_value))
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size)
+    scores = scores + additive_mask
+    probabilities = torch.nn.functional.softmax(scores, dim=-1)
+    probabilities = torch.nn.functional.dropout(
+        probabilities, layer.attention_probs_dropout_prob, training=layer.training
+    )
+    context = torch.matmul(probabilities, v).permute(0, 2, 1, 3).reshape(batch, length, width)
+    attended = layer.attention_norm(layer.dropout(layer.attention_output(context)) + query)
+    transformed = layer.output(layer.activation(layer.intermediate(attended)))
+    return layer.output_norm(layer.dropout(transformed) + attended)
+
+
+def full_vocabulary_mlm_loss(
+    head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The authors' ``mlm_loss``: logits at every position over the whole vocabulary, then CE."""
+    scores = head(hidden)
+    return torch.nn.functional.cross_entropy(scores.view(-1, scores.size(-1)), labels.view(-1))
+
+
+class ReferenceRetroMAEModel(torch.nn.Module):
+    """The authors' ``RetroMAEForPretraining.forward``, written the straightforward way.
+
+    It shares every weight with a :class:`retromae_st.RetroMAELoss` (encoder, decoder layer, MLM
+    head), so on the same masks the two must give the same loss and the same gradients; only the
+    way of computing differs: full ``B x L x V`` logits, a BertLayer-style decoder with an additive
+    ``(B, 1, L, L)`` float mask, and inputs from the per-example :class:`ReferenceRetroMAECollator`.
+    """
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        loss = self.loss
+        hidden = loss.model(
+            {"input_ids": batch["encoder_input_ids"], "attention_mask": batch["encoder_attention_mask"]}
+        )["token_embeddings"]
+        encoder_mlm = full_vocabulary_mlm_loss(loss.mlm_head, hidden, batch["encoder_labels"])
+        decoded = self.decode(hidden[:, 0], batch["decoder_input_ids"], batch["decoder_attention_mask"])
+        decoder_mlm = full_vocabulary_mlm_loss(loss.mlm_head, decoded, batch["decoder_labels"])
+        return {"encoder_mlm": encoder_mlm, "decoder_mlm": decoder_mlm}
+
+    def decode(
+        self, sentence_embedding: torch.Tensor, input_ids: torch.Tensor, attention: torch.Tensor
+    ) -> torch.Tensor:
+        query, key_value = self.loss.decoder_inputs(sentence_embedding, input_ids)
+        return reference_decoder_layer(
+            self.loss.decoder, query, key_value, additive_attention_mask(attention, query.dtype)
+        )
+
+
+def reference_batch_from_masks(features: dict[str, torch.Tensor], masks) -> dict[str, torch.Tensor]:
+    """Our :class:`retromae_st.masking.RetroMAEMasks` in the reference's input format (same masks)."""
+    return {
+        "encoder_input_ids": masks.encoder_input_ids,
+        "encoder_attention_mask": features["attention_mask"],
+        "encoder_labels": masks.encoder_labels,
+        "decoder_input_ids": features["input_ids"],
+        "decoder_attention_mask": masks.decoder_visible.long(),
+        "decoder_labels": masks.decoder_labels,
+    }

@@ -20,6 +20,7 @@ from transformers import PretrainedConfig
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 from retromae_st.decoder import init_like_bert
+from retromae_st.fused_cross_entropy import linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,14 @@ def masked_lm_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) 
     materialising ``B x L x V`` logits. A batch without any label gives 0 rather than NaN.
     """
     labelled = labels != -100
-    logits = head(hidden[labelled])
     targets = labels[labelled]
     if targets.numel() == 0:
         return hidden.sum() * 0.0
-    return F.cross_entropy(logits.float(), targets)
+    predictions = getattr(head, "predictions", None)
+    if isinstance(getattr(predictions, "decoder", None), nn.Linear) and hasattr(predictions, "transform"):
+        # BERT's head: transform, then the vocabulary projection fused with the loss (no N x V logits kept).
+        decoder = predictions.decoder
+        return linear_cross_entropy(
+            predictions.transform(hidden[labelled]), decoder.weight, decoder.bias, targets
+        )
+    return F.cross_entropy(head(hidden[labelled]).float(), targets)
