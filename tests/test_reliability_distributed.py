@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -14,12 +13,6 @@ import pytest
 from retromae_st.checkpointing import mask_seed
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_ddp_equivalence(loss_name: str, model_dir, result_path) -> dict:
@@ -32,18 +25,8 @@ def run_ddp_equivalence(loss_name: str, model_dir, result_path) -> dict:
 def run_torchrun(module: str, arguments: list[str], result_path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
-    command = [
-        TORCHRUN,
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        module,
-        *arguments,
-    ]
+    # --standalone: torchrun binds its own free rendezvous port (no pick-then-release race).
+    command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", module, *arguments]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(result_path.read_text())

@@ -18,6 +18,7 @@ import copy
 import json
 import sys
 from dataclasses import fields, replace
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -67,7 +68,7 @@ def gradients(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     loss_name, model_dir, result_path = sys.argv[1:4]
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=90))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = load_cls_model(model_dir, max_seq_length=32)

@@ -9,6 +9,7 @@ the whole batch. Usage: ``gather_check.py MODEL_DIR OUTPUT ROWS_PER_RANK``.
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,7 @@ def contrastive_loss_and_grads(model, columns, gather: bool) -> tuple[torch.Tens
 
 def main() -> None:
     model_dir, output, rows_per_rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=90))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = load_cls_model(model_dir, max_seq_length=32)
