@@ -204,7 +204,7 @@ def sync_loss_gradients(loss: TrainableLossMixin) -> None:
     world = torch.distributed.get_world_size()
     if world == 1:
         return
-    model_params = {id(p) for p in unwrap(loss.model).parameters()}
+    model_params = {id(p) for p in unwrap_model(loss.model).parameters()}
     params = [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
     if not params:
         return
@@ -219,10 +219,15 @@ def sync_loss_gradients(loss: TrainableLossMixin) -> None:
         offset += size
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    return model
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The SentenceTransformer inside DDP / ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def stateful_losses(loss: nn.Module | dict[str, nn.Module]) -> dict[str, TrainableLossMixin]:

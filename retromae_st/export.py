@@ -17,7 +17,8 @@ from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import BertForMaskedLM
 
-from retromae_st.retromae_loss import RetroMAELoss, unwrap_model
+from retromae_st.checkpointing import unwrap_model
+from retromae_st.retromae_loss import RetroMAELoss
 
 
 def load_cls_model(

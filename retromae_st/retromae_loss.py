@@ -10,23 +10,12 @@ from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 from torch import nn
 
-from retromae_st.checkpointing import TrainableLossMixin
+from retromae_st.checkpointing import TrainableLossMixin, unwrap_model
 from retromae_st.decoder import EnhancedDecoderLayer
 from retromae_st.masking import RetroMAEMasks, retromae_masks, special_token_table, word_start_table
 from retromae_st.mlm_head import build_mlm_head, masked_lm_loss
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The SentenceTransformer inside DDP / ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def check_ratio(name: str, value: float) -> float:
