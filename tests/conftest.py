@@ -65,3 +65,29 @@ def tiny_model(tiny_bert_dir):
 def sample_texts() -> list[str]:
     with open(SAMPLE_CORPUS, encoding="utf-8") as handle:
         return [line.strip() for line in handle if line.strip()]
+
+
+def average_loss_terms(loss, batches, seed: int = 1) -> dict[str, float]:
+    """Mean of each loss term over ``batches`` in eval mode, with the same masks on every call.
+
+    The masks come from the loss's own generator (not the global RNG): it is reset to a fixed state
+    so that measurements before and after training compare like with like.
+    """
+    generator = loss.mask_generator(batches[0]["input_ids"].device)
+    generator.manual_seed(seed)
+    with torch.no_grad():
+        loss.eval()
+        torch.manual_seed(seed)
+        totals = [loss([batch]) for batch in batches]
+        loss.train()
+    return {key: sum(t[key] for t in totals).item() / len(totals) for key in totals[0]}
+
+
+def train_on(loss, batches, lr: float) -> None:
+    """One AdamW step per batch on the sum of the loss's terms."""
+    optimizer = torch.optim.AdamW(loss.parameters(), lr=lr)
+    for batch in batches:
+        terms = loss([batch])
+        optimizer.zero_grad()
+        sum(terms.values()).backward()
+        optimizer.step()

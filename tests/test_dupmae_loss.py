@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from retromae_st import DupMAELoss, RetroMAELoss
 from retromae_st.dupmae_loss import bag_of_words_loss, bag_of_words_target, ordinary_token_mask
+from tests.conftest import average_loss_terms, train_on
 
 
 def features_of(model, texts):
@@ -133,24 +134,10 @@ def test_decoder_query_goes_through_the_embeddings_layer_norm(tiny_model, sample
 def test_training_steps_lower_all_three_terms(tiny_model, sample_texts):
     torch.manual_seed(0)
     loss = DupMAELoss(tiny_model)
-    optimizer = torch.optim.AdamW(loss.parameters(), lr=2e-3)
     batches = [features_of(tiny_model, sample_texts[i : i + 8]) for i in range(0, 8 * 25, 8)]
-
-    def average_terms(selected):
-        with torch.no_grad():
-            loss.eval()
-            torch.manual_seed(1)
-            totals = [loss([b]) for b in selected]
-            loss.train()
-        return {key: sum(t[key] for t in totals).item() / len(totals) for key in totals[0]}
-
-    before = average_terms(batches[:4])
-    for batch in batches:
-        terms = loss([batch])
-        optimizer.zero_grad()
-        sum(terms.values()).backward()
-        optimizer.step()
-    after = average_terms(batches[:4])
+    before = average_loss_terms(loss, batches[:4])
+    train_on(loss, batches, lr=2e-3)
+    after = average_loss_terms(loss, batches[:4])
     assert after["encoder_mlm"] < before["encoder_mlm"] - 0.5
     assert after["decoder_mlm"] < before["decoder_mlm"] - 0.5
     assert after["bow"] < before["bow"] - 0.1, (before, after)

@@ -103,28 +103,14 @@ def test_whole_word_mask_properties(tokenizer, tables, texts, ratio, seed):
 def test_masks_are_deterministic_under_a_seed(tokenizer, tables, texts, seed):
     word_starts, special = tables
     ids, attention = batch_of(tokenizer, texts)
-    first = retromae_masks(
-        ids,
-        attention,
-        word_starts,
-        special,
-        103,
-        len(tokenizer),
-        0.3,
-        0.5,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    second = retromae_masks(
-        ids,
-        attention,
-        word_starts,
-        special,
-        103,
-        len(tokenizer),
-        0.3,
-        0.5,
-        generator=torch.Generator().manual_seed(seed),
-    )
+
+    def masks_from_seed():
+        generator = torch.Generator().manual_seed(seed)
+        return retromae_masks(
+            ids, attention, word_starts, special, 103, len(tokenizer), 0.3, 0.5, generator=generator
+        )
+
+    first, second = masks_from_seed(), masks_from_seed()
     for name in ("encoder_input_ids", "encoder_labels", "decoder_labels", "decoder_visible"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
 

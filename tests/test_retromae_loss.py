@@ -12,6 +12,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 
 from retromae_st import EnhancedDecoderLayer, RetroMAELoss, load_cls_model, save_as_masked_lm
 from retromae_st.mlm_head import masked_lm_loss
+from tests.conftest import average_loss_terms, train_on
 
 
 def features_of(model, texts):
@@ -115,24 +116,10 @@ def test_decoder_query_and_key_value_streams_follow_the_paper(tiny_model, sample
 def test_training_steps_lower_both_terms(tiny_model, sample_texts):
     torch.manual_seed(0)
     loss = RetroMAELoss(tiny_model)
-    optimizer = torch.optim.AdamW(loss.parameters(), lr=1e-3)
     batches = [features_of(tiny_model, sample_texts[i : i + 16]) for i in range(0, 16 * 50, 16)]
-
-    def average_terms(selected):
-        with torch.no_grad():
-            loss.eval()
-            torch.manual_seed(1)
-            totals = [loss([b]) for b in selected]
-            loss.train()
-        return {key: sum(t[key] for t in totals).item() / len(totals) for key in totals[0]}
-
-    before = average_terms(batches[:4])
-    for batch in batches:
-        terms = loss([batch])
-        optimizer.zero_grad()
-        sum(terms.values()).backward()
-        optimizer.step()
-    after = average_terms(batches[:4])
+    before = average_loss_terms(loss, batches[:4])
+    train_on(loss, batches, lr=1e-3)
+    after = average_loss_terms(loss, batches[:4])
     assert after["encoder_mlm"] < before["encoder_mlm"] - 0.5
     assert after["decoder_mlm"] < before["decoder_mlm"] - 0.5
 
