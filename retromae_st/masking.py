@@ -1,7 +1,8 @@
 """Vectorised whole-word masking for RetroMAE-style pre-training.
 
 Everything here is a pure function on tensors: it runs on whatever device the batch is on, has no
-per-example Python loop and copies nothing on the host. The algorithm is the one of the authors'
+per-example Python loop. On CPU, the three whole-array integer passes torch is slow at there (sort,
+int64 conversion, cumulative sum) go through NumPy on the same memory. The algorithm is the one of the authors'
 ``RetroMAECollator`` (GitHub staoxiao/RetroMAE, ``src/pretrain/data.py``), which builds on
 ``transformers.DataCollatorForWholeWordMask._whole_word_mask``:
 
@@ -12,11 +13,13 @@ per-example Python loop and copies nothing on the host. The algorithm is the one
 3. Words are visited in a uniformly random order; a word is taken when it still fits in the budget
    and skipped otherwise (a later, shorter word may still fit).
 
-Step 3 is reproduced exactly: a random score per word gives the visiting order, a cumulative sum of
-word lengths in that order takes the prefix that fits, and a short loop (over only the rows whose
-prefix stopped at a word longer than the remaining budget, at most "longest word - 1" iterations)
-continues past the first word that did not fit. Tests check the result against the authors'
-algorithm property by property and in distribution.
+Step 3 is reproduced exactly, without sorting scores per row: every word gets a random integer key
+whose low bits are its own index, so one sort of the keys' *values* gives the visiting order
+(:func:`visiting_order`); a cumulative sum of word lengths in that order finds the first word that
+does not fit, every word with a smaller key is taken, and a short scan (only over the rows whose
+prefix stopped at a word longer than the remaining budget) continues past that word. Tests check the
+result against the authors' greedy loop on the same visiting order, property by property, and in
+distribution against the authors' collator.
 
 The decoder's attention mask follows the authors' collator too: per example, a pool of
 ``min(n, pool_size)`` whole-word masks at the decoder ratio is drawn, every query position picks one
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -97,6 +101,14 @@ def word_lengths(words: torch.Tensor, max_words: int | None = None) -> torch.Ten
     return lengths[:, :-1]
 
 
+def word_capacity(words: torch.Tensor) -> int:
+    """Number of word slots per row: the batch's largest word count on CPU (where reading it is free and
+    saves work), the sequence length elsewhere (an upper bound that needs no device-to-host sync)."""
+    if words.device.type == "cpu":
+        return int(words.max()) + 1
+    return words.size(1)
+
+
 def mask_budget(num_tokens: torch.Tensor, ratio: float, max_predictions: int = 512) -> torch.Tensor:
     """``min(max_predictions, max(1, round(num_tokens * ratio)))`` per row, as HF's whole-word collator.
 
@@ -106,72 +118,144 @@ def mask_budget(num_tokens: torch.Tensor, ratio: float, max_predictions: int = 5
     return budget.clamp(min=1, max=max_predictions)
 
 
+def _through_numpy(tensor: torch.Tensor) -> bool:
+    """Whether a whole-array integer pass on ``tensor`` goes through NumPy (CPU tensors)."""
+    return tensor.device.type == "cpu"
+
+
+def visiting_order(
+    n_rows: int, n_words: int, device: torch.device, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniformly random visiting order of ``n_words`` words in each of ``n_rows`` rows.
+
+    Every word gets a random integer key whose low bits are the word's own index, so keys are distinct
+    within a row and sorting the keys' *values* gives the order (``order = sorted & index_mask``): no
+    argsort. Returns ``(keys, order)``: ``keys`` ``(n_rows, n_words)`` (word ``a`` is visited before
+    ``b`` iff ``keys[a] < keys[b]``) and ``order`` ``(n_rows, n_words)`` long, the word indices in
+    visiting order.
+
+    The random part has ``31 - index_bits`` bits (int32 keys: 22 bits for up to 512 words) or
+    ``62 - index_bits`` (int64 keys, used when fewer than 20 bits would be left). Two words whose random
+    parts are equal are visited in index order; for a given pair that has probability
+    ``2**-random_bits`` (2.4e-7 for 512 words), the order of the ties among float32 scores in
+    ``torch.rand(...).argsort()``.
+
+    On CPU the keys are built and sorted through NumPy (zero-copy views of the same memory): its sort
+    uses the processor's SIMD sorting networks (x86-simd-sort) and is an order of magnitude faster
+    than ``torch.sort`` there, as are its integer conversions. Elsewhere (CUDA) it is plain torch.
+    """
+    index_bits = max(1, (n_words - 1).bit_length())
+    wide = 31 - index_bits < 20
+    random_bits = (62 if wide else 31) - index_bits
+    random_mask, index_mask = (1 << random_bits) - 1, (1 << index_bits) - 1
+    # int64 draws are uniform on [0, 2**63): viewed as two int32 lanes, both lanes' low 31 bits are uniform.
+    draws = torch.empty(n_rows, n_words if wide else (n_words + 1) // 2, dtype=torch.int64, device=device)
+    draws.random_(generator=generator)
+    if _through_numpy(draws):
+        random_part = draws.numpy() if wide else draws.numpy().view(np.int32)[:, :n_words]
+        keys = ((random_part & random_mask) << index_bits) | np.arange(n_words, dtype=random_part.dtype)
+        order = (np.sort(keys, axis=1) & index_mask).astype(np.int64)
+        return torch.from_numpy(keys), torch.from_numpy(order)
+    random_part = draws if wide else draws.view(torch.int32)[:, :n_words]
+    index = torch.arange(n_words, dtype=random_part.dtype, device=device)
+    keys = ((random_part & random_mask) << index_bits) | index
+    order = (keys.sort(dim=1).values & index_mask).long()
+    return keys, order
+
+
+def _cumulative_sum(values: torch.Tensor) -> torch.Tensor:
+    """int32 cumulative sum along the last dimension (through NumPy on CPU, where it is several times
+    faster than ``torch.cumsum`` for integers)."""
+    if _through_numpy(values):
+        return torch.from_numpy(np.cumsum(values.numpy(), axis=-1, dtype=np.int32))
+    return values.cumsum(dim=-1, dtype=torch.int32)
+
+
 def choose_whole_words(
     lengths: torch.Tensor, budget: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Greedy whole-word selection in a random visiting order, vectorised over rows.
+    """Greedy whole-word selection in a uniformly random visiting order, vectorised over rows.
 
     Args:
-        lengths: ``(N, W)`` token count of every word, 0 where a row has no such word.
-        budget: ``(N,)`` maximum number of tokens to select per row.
+        lengths: ``(..., W)`` token count of every word, 0 where a row has no such word. May be an
+            expanded view (rows of one example sharing their word lengths); it is never copied.
+        budget: ``(...)`` maximum number of tokens to select per row.
         generator: optional random generator (on the same device as ``lengths``).
 
     Returns:
-        ``(N, W)`` bool: the chosen words.
+        ``(..., W)`` bool: the chosen words.
     """
-    n_rows, n_words = lengths.shape
-    scores = torch.rand(n_rows, n_words, device=lengths.device, generator=generator)
-    scores.masked_fill_(lengths == 0, 2.0)  # absent words are visited last and never chosen
-    order = scores.argsort(dim=1)
-    ordered = lengths.gather(1, order)
-
-    cumulative = ordered.cumsum(dim=1)
-    taken = (cumulative <= budget[:, None]) & (ordered > 0)  # the prefix that fits
-    # Absent words (length 0) come last, so the prefix's token count is the cumulative sum at its end.
-    prefix_words = taken.sum(dim=1)
-    used = cumulative.gather(1, (prefix_words - 1).clamp(min=0)[:, None]).squeeze(1)
-    remaining = budget - torch.where(prefix_words > 0, used, 0)
-    _continue_past_first_misfit(ordered, taken, remaining)
-
-    chosen = torch.zeros_like(taken)
-    chosen.scatter_(1, order, taken)
+    n_words = lengths.size(-1)
+    keys, order = visiting_order(lengths.numel() // max(n_words, 1), n_words, lengths.device, generator)
+    keys, order = keys.view(lengths.shape), order.view(lengths.shape)
+    # int32 is enough for token counts and markedly faster than int64 for these passes on CPU.
+    ordered = lengths.to(torch.int32).gather(-1, order)
+    cumulative = _cumulative_sum(ordered)
+    # The prefix that fits ends right before the first visited word that does not fit.
+    budget = budget.to(torch.int32)[..., None].contiguous()
+    first_misfit = torch.searchsorted(cumulative, budget, right=True)
+    used = cumulative.gather(-1, (first_misfit - 1).clamp(min=0)).masked_fill(first_misfit == 0, 0)
+    remaining = (budget - used).squeeze(-1)
+    all_fit = first_misfit == n_words
+    misfit_word = order.gather(-1, first_misfit.clamp(max=n_words - 1))
+    threshold = keys.gather(-1, misfit_word)
+    chosen = ((keys < threshold) | all_fit) & (lengths > 0)
+    remaining = remaining.masked_fill(all_fit.squeeze(-1), 0)
+    _continue_past_first_misfit(ordered, order, first_misfit.squeeze(-1), remaining, chosen)
     return chosen
 
 
-def _continue_past_first_misfit(ordered: torch.Tensor, taken: torch.Tensor, remaining: torch.Tensor) -> None:
-    """After the prefix, keep visiting words and take each one that still fits (in place on ``taken``).
+def _continue_past_first_misfit(
+    ordered: torch.Tensor,
+    order: torch.Tensor,
+    first_misfit: torch.Tensor,
+    remaining: torch.Tensor,
+    chosen: torch.Tensor,
+    window: int = 32,
+) -> None:
+    """After the prefix, keep visiting words and take each one that still fits (in place on ``chosen``).
 
-    Only rows whose prefix stopped at a word longer than the remaining budget need this; each
-    iteration takes at most one more word per row and the remaining budget is smaller than that
-    longest word, so the loop is short.
+    Only rows whose prefix stopped at a word longer than the remaining budget need this (about one
+    row in ten). Their remaining budget is smaller than that word, and most words are one token, so
+    the scan almost always ends within a few words: it runs over ``window`` words at a time, on the
+    rows that still have budget left, until none has.
     """
-    rows = torch.nonzero(remaining > 0).flatten()
-    if rows.numel() == 0:
-        return
-    row_ordered = ordered[rows]
-    row_remaining = remaining[rows]
-    last_visited = taken[rows].sum(dim=1) - 1  # the next word is the first one that did not fit
-    ranks = torch.arange(ordered.size(1), device=ordered.device)
-    candidates = (ranks > last_visited[:, None]) & (row_ordered > 0)
-    while True:
-        fits = candidates & (row_ordered <= row_remaining[:, None])
-        found = fits.any(dim=1)
-        if not bool(found.any()):
-            return
-        first = fits.long().argmax(dim=1)
-        found_rows = torch.nonzero(found).flatten()
-        taken[rows[found_rows], first[found_rows]] = True
-        row_remaining = row_remaining - torch.where(
-            found, row_ordered.gather(1, first[:, None]).squeeze(1), 0
-        )
-        candidates &= ranks > torch.where(found, first, last_visited)[:, None]
-        last_visited = torch.where(found, first, last_visited)
+    n_words = ordered.size(-1)
+    flat_ordered, flat_order = ordered.reshape(-1, n_words), order.reshape(-1, n_words)
+    flat_chosen = chosen.view(-1, n_words)
+    rows = torch.nonzero(remaining.reshape(-1) > 0).flatten()
+    start = first_misfit.reshape(-1)[rows] + 1
+    left = remaining.reshape(-1)[rows]
+    offsets = torch.arange(window, device=ordered.device)
+    while rows.numel() > 0:
+        ranks = start[:, None] + offsets
+        in_row = ranks < n_words
+        ranks = ranks.clamp(max=n_words - 1)
+        sizes = flat_ordered[rows].gather(1, ranks)
+        sizes = sizes.masked_fill(~in_row | (sizes == 0), torch.iinfo(sizes.dtype).max)  # never fit
+        taken = torch.zeros_like(in_row)
+        for k in range(window):
+            fits = sizes[:, k] <= left
+            taken[:, k] = fits
+            left = left - torch.where(fits, sizes[:, k], 0)
+        words = flat_order[rows].gather(1, ranks)
+        flat_chosen[rows[:, None].expand_as(words)[taken], words[taken]] = True
+        unfinished = (left > 0) & (start + window < n_words)
+        rows, start, left = rows[unfinished], start[unfinished] + window, left[unfinished]
 
 
 def tokens_of_words(chosen: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    """Expands a per-word choice ``(N, W)`` to a per-token mask ``(N, L)`` through ``words`` ``(N, L)``."""
-    picked = chosen.gather(1, words.clamp(min=0))
-    return picked & (words >= 0)
+    """Expands a per-word choice to a per-token mask through the token-to-word index ``words``.
+
+    ``chosen`` is ``(B, W)`` with ``words`` ``(B, L)``, or ``(B, P, W)`` (``P`` choices per example,
+    sharing that example's ``words``) giving ``(B, P, L)``. Non-word tokens (index -1) are never chosen.
+    """
+    index = words.clamp(min=0)
+    is_word = words >= 0
+    if chosen.dim() == words.dim() + 1:
+        index = index[:, None, :].expand(*chosen.shape[:-1], words.size(-1))
+        is_word = is_word[:, None, :]
+    return chosen.gather(-1, index) & is_word
 
 
 def whole_word_mask(
@@ -186,7 +270,7 @@ def whole_word_mask(
     maskable = maskable_tokens(input_ids, attention_mask, special)
     words = word_index(input_ids, maskable, word_starts)
     budget = mask_budget(attention_mask.sum(dim=1), ratio)
-    chosen = choose_whole_words(word_lengths(words, int(words.max().item()) + 1), budget, generator)
+    chosen = choose_whole_words(word_lengths(words, word_capacity(words)), budget, generator)
     return tokens_of_words(chosen, words)
 
 
@@ -228,31 +312,35 @@ def decoder_attention_mask(
     position but its own. Padding is never visible. Padding *rows* carry no label; they are shown
     ``[CLS]`` only so that no attention row is empty (an empty row would give NaN in SDPA).
 
-    Only the pool masks that some position picks are drawn: the others would influence nothing, so
-    the result has exactly the distribution of drawing the whole pool.
+    All examples' pools are drawn at once as one ``(B, P, W)`` batch of whole-word masks (``P = min(L,
+    pool_size)``; an example uses the first ``min(n, pool_size)`` of its ``P``), so every mask of the
+    authors' pool is drawn and nothing depends on which ones the positions pick.
     """
     batch, length = input_ids.shape
     device = input_ids.device
     lengths = attention_mask.sum(dim=1)
-
-    pool_per_example = lengths.clamp(min=1, max=pool_size)
-    draw = torch.rand(batch, length, device=device, generator=generator)
-    pick = (draw * pool_per_example[:, None]).long().clamp(max=pool_size - 1)  # uniform in [0, pool_b)
-    slot = torch.arange(batch, device=device)[:, None] * pool_size + pick
-    drawn_slots, row_to_drawn = torch.unique(slot, return_inverse=True)
-    drawn_example = torch.div(drawn_slots, pool_size, rounding_mode="floor")
+    real = attention_mask.bool()
+    pool = min(length, pool_size)
 
     maskable = maskable_tokens(input_ids, attention_mask, special)
     words = word_index(input_ids, maskable, word_starts)
-    max_words = int(words.max().item()) + 1
-    drawn_words = words[drawn_example]
-    budget = mask_budget(lengths, ratio)[drawn_example]
-    chosen = choose_whole_words(word_lengths(drawn_words, max_words), budget, generator)
-    hidden = tokens_of_words(chosen, drawn_words)[row_to_drawn]  # (B, L, L)
+    # int32 before expanding: the (B, P, W) view is then used as it is, never copied.
+    lengths_of_words = word_lengths(words, word_capacity(words)).to(torch.int32)
+    budget = mask_budget(lengths, ratio)
+    chosen = choose_whole_words(
+        lengths_of_words[:, None, :].expand(batch, pool, lengths_of_words.size(1)),
+        budget[:, None].expand(batch, pool),
+        generator,
+    )
+    pool_visible = ~tokens_of_words(chosen, words) & real[:, None, :]  # (B, P, L)
 
-    eye = torch.eye(length, dtype=torch.bool, device=device)
-    visible = ~hidden & ~eye & attention_mask.bool()[:, None, :]
-    visible[:, :, 0] |= ~attention_mask.bool()
+    pool_per_example = lengths.clamp(min=1, max=pool)
+    draw = torch.rand(batch, length, device=device, generator=generator)
+    pick = (draw * pool_per_example[:, None]).long().clamp(max=pool - 1)  # uniform in [0, pool_b)
+    rows = (torch.arange(batch, device=device)[:, None] * pool + pick).view(-1)
+    visible = pool_visible.view(batch * pool, length).index_select(0, rows).view(batch, length, length)
+    visible.diagonal(dim1=1, dim2=2).fill_(False)
+    visible[:, :, 0] |= ~real
     return visible
 
 

@@ -18,6 +18,7 @@ from retromae_st.masking import (
     maskable_tokens,
     retromae_masks,
     special_token_table,
+    visiting_order,
     whole_word_mask,
     word_index,
     word_lengths,
@@ -139,26 +140,57 @@ def test_decoder_mask_never_shows_self_always_shows_cls(tokenizer, tables, texts
     assert visible.shape == (ids.size(0), length, length)
 
 
-def test_greedy_selection_matches_python_greedy_for_a_fixed_order():
-    # With one word per row, the order is irrelevant: exercise the skip-and-continue rule directly.
-    lengths = torch.tensor([[3, 1, 2, 1, 4, 1, 0, 0]])
-    for seed in range(50):
-        generator = torch.Generator().manual_seed(seed)
-        chosen = choose_whole_words(lengths, torch.tensor([5]), generator)
-        order = (
-            torch.rand(1, 8, generator=torch.Generator().manual_seed(seed))
-            .masked_fill(lengths == 0, 2.0)
-            .argsort(1)[0]
+def python_greedy(lengths: list[int], order: list[int], budget: int) -> set[int]:
+    """HF ``_whole_word_mask``'s loop: visit words in order, take each one that still fits."""
+    chosen, count = set(), 0
+    for word in order:
+        size = lengths[word]
+        if size == 0 or count >= budget:
+            continue
+        if count + size <= budget:
+            chosen.add(word)
+            count += size
+    return chosen
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.lists(st.integers(0, 6), min_size=1, max_size=70), min_size=1, max_size=5),
+    ratio=st.floats(0.05, 0.95),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_greedy_selection_matches_python_greedy_on_the_same_order(lengths, ratio, seed):
+    """Prefix + continuation give exactly the skip-and-continue greedy, row by row, for the visiting
+    order the generator draws (replayed with ``visiting_order``)."""
+    width = max(len(row) for row in lengths)
+    table = torch.tensor([row + [0] * (width - len(row)) for row in lengths])
+    budget = torch.tensor([max(1, round(sum(row) * ratio)) for row in lengths])
+    chosen = choose_whole_words(table, budget, torch.Generator().manual_seed(seed))
+    _, order = visiting_order(len(lengths), width, torch.device("cpu"), torch.Generator().manual_seed(seed))
+    for row in range(len(lengths)):
+        expected = python_greedy(table[row].tolist(), order[row].tolist(), int(budget[row]))
+        assert set(torch.nonzero(chosen[row]).flatten().tolist()) == expected
+
+
+def test_greedy_continuation_beyond_one_window():
+    """A row whose fitting words come long after the first misfit (more than one scan window)."""
+    lengths = torch.tensor([[5] * 80 + [1] * 3])
+    for seed in range(20):
+        chosen = choose_whole_words(lengths, torch.tensor([7]), torch.Generator().manual_seed(seed))
+        _, order = visiting_order(1, 83, torch.device("cpu"), torch.Generator().manual_seed(seed))
+        assert set(torch.nonzero(chosen[0]).flatten().tolist()) == python_greedy(
+            lengths[0].tolist(), order[0].tolist(), 7
         )
-        expected, count = set(), 0
-        for word in order.tolist():
-            size = int(lengths[0, word])
-            if size == 0 or count >= 5:
-                continue
-            if count + size <= 5:
-                expected.add(word)
-                count += size
-        assert set(torch.nonzero(chosen[0]).flatten().tolist()) == expected
+
+
+def test_visiting_order_is_a_uniform_permutation():
+    _, order = visiting_order(60000, 4, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert torch.equal(order.sort(dim=1).values, torch.arange(4).expand(60000, 4))
+    counts = torch.bincount((order * torch.tensor([64, 16, 4, 1])).sum(1), minlength=256)
+    permutations = counts[counts > 0]
+    assert permutations.numel() == 24
+    expected = 60000 / 24
+    assert ((permutations - expected).abs() < 5 * expected**0.5).all()
 
 
 def test_word_index_joins_continuation_pieces(tokenizer, tables):
@@ -249,3 +281,46 @@ def test_statistically_equivalent_to_authors_collator(tokenizer, tables, sample_
         ids, attention, word_starts, special, tokenizer.mask_token_id, len(tokenizer), 0.3, 0.5
     )
     assert torch.equal(ref["decoder_labels"], ours.decoder_labels)
+
+
+def test_torch_path_equals_numpy_path(tokenizer, tables, sample_texts, monkeypatch):
+    """The pure-torch path (used on GPUs) gives exactly the masks of the CPU path through NumPy."""
+    import retromae_st.masking as masking
+
+    word_starts, special = tables
+    ids, attention = batch_of(tokenizer, sample_texts[:8] + ["unbelievable hyperparameters"], max_length=48)
+
+    def masks():
+        return retromae_masks(
+            ids,
+            attention,
+            word_starts,
+            special,
+            103,
+            len(tokenizer),
+            0.3,
+            0.6,
+            generator=torch.Generator().manual_seed(3),
+        )
+
+    through_numpy = masks()
+    monkeypatch.setattr(masking, "_through_numpy", lambda tensor: False)
+    plain_torch = masks()
+    for name in ("encoder_input_ids", "encoder_labels", "decoder_labels", "decoder_visible"):
+        assert torch.equal(getattr(through_numpy, name), getattr(plain_torch, name)), name
+
+
+def test_decoder_rows_share_the_pool_masks(tokenizer, tables, sample_texts):
+    """With a pool of one mask, every query row sees the same columns (apart from itself); with the
+    default pool, rows differ."""
+    word_starts, special = tables
+    ids, attention = batch_of(tokenizer, sample_texts[:4], max_length=48)
+    generator = torch.Generator().manual_seed(0)
+    for pool_size, shared in ((1, True), (256, False)):
+        visible = decoder_attention_mask(ids, attention, word_starts, special, 0.5, pool_size, generator)
+        for row in range(ids.size(0)):
+            n = int(attention[row].sum())
+            # One shared mask: each column is seen by every other row or by none.
+            seen_by = visible[row, :n, :n].sum(dim=0)
+            same = bool(((seen_by == 0) | (seen_by == n - 1)).all())
+            assert same == shared, (pool_size, row)
