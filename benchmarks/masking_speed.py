@@ -1,6 +1,7 @@
 """Masking throughput: our vectorised masks vs the authors' per-example collator, same run.
 
-    python benchmarks/masking_speed.py [--batch-size 32] [--lengths 128 256 512] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/masking_speed.py [--batch-size 32] [--lengths 128 256 512] [--repeats 3]
+        [--threads 1] [--clock cpu|wall]
 
 Both start from token ids of the same batch (the authors' collator from per-example id lists, ours
 from the padded tensors the sentence-transformers collator produces) and build the full set of
