@@ -23,6 +23,7 @@ differently yet reproducibly; the generator state is checkpointed with the loss 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -30,10 +31,19 @@ import re
 import sys
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+#: Distributed backends whose trainer clipping we leave alone (they shard or own the gradients).
+_OWN_CLIPPING = {
+    DistributedType.DEEPSPEED,
+    DistributedType.FSDP,
+    DistributedType.XLA,
+    DistributedType.MEGATRON_LM,
+}
 
 logger = logging.getLogger(__name__)
 
@@ -262,19 +272,54 @@ def _resume_path_on_stack() -> str | None:
     return None
 
 
+def loss_parameters(trainer: Trainer) -> list[nn.Parameter]:
+    """The trainable parameters of the trainer's stateful losses that are not the model's."""
+    model_params = {id(p) for p in unwrap_model(trainer.model).parameters()}
+    params = []
+    for loss in stateful_losses(trainer.loss).values():
+        params += [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
+    return params
+
+
 class LossStateCallback(TrainerCallback):
-    """Saves every stateful loss of ``trainer`` into each checkpoint and restores it on resume."""
+    """Saves every stateful loss of ``trainer`` into each checkpoint and restores it on resume.
+
+    It also makes the trainer treat the loss's own parameters like the model's at the optimizer step:
+    their gradients are averaged over ranks (DDP wraps only the model) and ``max_grad_norm`` clips the
+    model's and the loss's gradients *together*, by their joint norm, as the authors' Trainer did with
+    encoder and decoder in one module (the sentence-transformers trainer clips ``model.parameters()``
+    only). Under DeepSpeed, FSDP, XLA or Megatron the trainer's own clipping is left as it is.
+    """
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self._restored_step: int | None = None
+        self._gradients_synced = False
+        if trainer.accelerator.distributed_type not in _OWN_CLIPPING:
+            self._clip_model_only = trainer._clip_grad_norm
+            trainer._clip_grad_norm = self.clip_model_and_loss
+
+    def clip_model_and_loss(self, model: nn.Module):
+        """The trainer's ``_clip_grad_norm``, over the model's and the losses' parameters together."""
+        self.sync_gradients()
+        extra = loss_parameters(self.trainer)
+        if not extra or self.trainer._has_mixed_mesh_grads(model):
+            return self._clip_model_only(model)
+        parameters = itertools.chain(model.parameters(), extra)
+        return self.trainer.accelerator.clip_grad_norm_(parameters, self.trainer.args.max_grad_norm)
+
+    def sync_gradients(self) -> None:
+        if not self._gradients_synced:
+            for loss in stateful_losses(self.trainer.loss).values():
+                sync_loss_gradients(loss)
+            self._gradients_synced = True
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.restore_if_resuming(args, state)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        for loss in stateful_losses(self.trainer.loss).values():
-            sync_loss_gradients(loss)
+        self.sync_gradients()  # when clipping is off
+        self._gradients_synced = False
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

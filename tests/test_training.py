@@ -169,3 +169,35 @@ def test_cli_pretrain_writes_both_folders(tiny_bert_dir, sample_texts, tmp_path)
         )
         == 2
     )
+
+
+def test_max_grad_norm_clips_model_and_loss_parameters_jointly(tiny_bert_dir, sample_texts, tmp_path):
+    """The decoder and head owned by the loss are clipped with the model, by the joint norm (as the
+    authors' Trainer clipped their single encoder-decoder module), and the logged grad_norm is that norm."""
+    from transformers import TrainerCallback
+
+    trainer, model, loss = make_trainer(tiny_bert_dir, sample_texts, tmp_path / "out", max_steps=3)
+    trainer.args.max_grad_norm = 1e-3
+    model_params = {id(p) for p in model.parameters()}
+    loss_own = [p for p in loss.parameters() if id(p) not in model_params]
+    assert loss_own, "the loss should own decoder parameters"
+    seen = []
+
+    class RecordNorms(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            grads = [p.grad for p in list(model.parameters()) + loss_own if p.grad is not None]
+            seen.append(
+                (
+                    torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
+                    torch.stack([p.grad.norm() for p in loss_own if p.grad is not None]).norm().item(),
+                )
+            )
+
+    trainer.add_callback(RecordNorms())
+    trainer.train()
+    assert len(seen) == 3
+    for joint, own in seen:
+        assert 0 < own, "the loss's parameters got no gradient"
+        assert joint <= 1e-3 * (1 + 1e-4), joint
+    logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+    assert logged and all(value > 1e-3 for value in logged)  # pre-clip joint norm
