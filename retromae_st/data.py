@@ -37,51 +37,39 @@ def _check_column(dataset: Dataset, column: str) -> None:
         raise ValueError(f"dataset has no column {column!r}; its columns are {dataset.column_names}")
 
 
-def _check_text_values(dataset: Dataset, column: str) -> None:
-    for row, value in enumerate(dataset[column]):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(
-                f"column {column!r} must hold text, but row {row} is {type(value).__name__}: {value!r:.80}"
-            )
+def prepare_text_dataset(
+    dataset: Dataset, column: str = "text", max_chars: int | None = 20_000
+) -> tuple[Dataset, DroppedRows]:
+    """Keeps only ``column``, checks it holds text, and cleans it as the streamed corpora are cleaned.
 
-
-def prepare_text_dataset(dataset: Dataset, column: str = "text") -> tuple[Dataset, DroppedRows]:
-    """Keeps only ``column``, checks it holds text, and drops rows with nothing to reconstruct.
-
-    Rows that are ``None``, empty or whitespace-only are dropped and counted; any other non-string
-    value is an error naming the row. The losses train on whatever the trainer hands them, so clean
-    the data here rather than have a batch of empty texts stop a long run.
+    Every row goes through :func:`clean_text`: rows that are ``None``, empty or whitespace-only, only
+    special-token text, or hold undecodable bytes (U+FFFD) are dropped and counted; invisible control
+    and format characters are deleted; texts are cut at ``max_chars`` characters (far beyond any
+    ``max_seq_length``; tokenising the rest would cost time for tokens that truncation drops). Any
+    other non-string value is an error naming the row. The losses train on whatever the trainer hands
+    them, so clean the data here rather than have a batch of empty texts stop a long run.
 
     Returns:
         The cleaned single-column dataset, and the count of dropped rows by reason.
     """
     _check_column(dataset, column)
-    _check_text_values(dataset, column)
-    dataset = dataset.select_columns([column])
-    dropped = DroppedRows()
-    keep = []
-    for row, value in enumerate(dataset[column]):
-        if value is None:
-            dropped.reasons["missing (None)"] += 1
-        elif not value.strip():
-            dropped.reasons["empty or whitespace-only"] += 1
-        else:
-            keep.append(row)
-    if not keep:
+    _check_max_chars(max_chars)
+    texts, dropped = _clean_columns(dataset, [column], max_chars)
+    if not texts[column]:
         raise ValueError(f"column {column!r} has no non-empty text ({dropped})")
     if dropped.total:
         logger.warning("prepare_text_dataset dropped %d of %d rows: %s", dropped.total, len(dataset), dropped)
-        dataset = dataset.select(keep)
-    return dataset, dropped
+    return _with_columns(dataset, texts), dropped
 
 
 def prepare_contrastive_dataset(
-    dataset: Dataset, columns: list[str] | None = None
+    dataset: Dataset, columns: list[str] | None = None, max_chars: int | None = 20_000
 ) -> tuple[Dataset, DroppedRows]:
     """Keeps the (anchor, positive[, negative...]) ``columns`` (default: all, in order), for
-    :class:`retromae_st.RetroMAEContrastiveLoss`: checks that they hold text and drops the rows in which
-    any of them is ``None``, empty or whitespace-only (counted). A non-string value is an error naming its
-    column and row, so is a ``label`` column or a dataset left with fewer than 2 rows.
+    :class:`retromae_st.RetroMAEContrastiveLoss`: checks that they hold text and cleans every one of them
+    as :func:`prepare_text_dataset` does, dropping (and counting) a row when any of its texts has to be
+    dropped. A non-string value is an error naming its column and row, so is a ``label`` column or a
+    dataset left with fewer than 2 rows.
 
     Returns:
         The cleaned dataset, and the count of dropped rows by reason.
@@ -98,28 +86,55 @@ def prepare_contrastive_dataset(
         raise ValueError(f"need (anchor, positive[, negative...]) text columns, got {columns}")
     for column in columns:
         _check_column(dataset, column)
-        _check_text_values(dataset, column)
-    dataset = dataset.select_columns(columns)
-    dropped = DroppedRows()
-    keep = []
-    for row, values in enumerate(zip(*(dataset[column] for column in columns), strict=True)):
-        if any(value is None for value in values):
-            dropped.reasons["missing (None)"] += 1
-        elif any(not value.strip() for value in values):
-            dropped.reasons["empty or whitespace-only"] += 1
-        else:
-            keep.append(row)
-    if len(keep) < 2:
+    _check_max_chars(max_chars)
+    texts, dropped = _clean_columns(dataset, columns, max_chars)
+    kept = len(texts[columns[0]])
+    if kept < 2:
         raise ValueError(
-            f"{len(keep)} row(s) left after dropping empty texts ({dropped}): contrastive learning needs at "
+            f"{kept} row(s) left after dropping empty texts ({dropped}): contrastive learning needs at "
             "least 2 rows for in-batch negatives"
         )
     if dropped.total:
         logger.warning(
             "prepare_contrastive_dataset dropped %d of %d rows: %s", dropped.total, len(dataset), dropped
         )
-        dataset = dataset.select(keep)
-    return dataset, dropped
+    return _with_columns(dataset, texts), dropped
+
+
+def _check_max_chars(max_chars: int | None) -> None:
+    if max_chars is not None and (
+        isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1
+    ):
+        raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}")
+
+
+def _clean_columns(
+    dataset: Dataset, columns: list[str], max_chars: int | None
+) -> tuple[dict[str, list[str]], DroppedRows]:
+    """The cleaned texts of the rows whose every column survives :func:`clean_text`, and the drops."""
+    dropped = DroppedRows()
+    kept: dict[str, list[str]] = {column: [] for column in columns}
+    values = zip(*(dataset[column] for column in columns), strict=True)
+    for row, row_values in enumerate(values):
+        cleaned = [
+            clean_text(value, row, column, max_chars)
+            for column, value in zip(columns, row_values, strict=True)
+        ]
+        reason = next((reason for _, reason in cleaned if reason is not None), None)
+        if reason is not None:
+            dropped.reasons[reason] += 1
+            continue
+        for column, (text, _) in zip(columns, cleaned, strict=True):
+            kept[column].append(text)
+    return kept, dropped
+
+
+def _with_columns(dataset: Dataset, texts: dict[str, list[str]]) -> Dataset:
+    """``dataset`` reduced to ``texts``' columns, holding those texts (the original when unchanged)."""
+    selected = dataset.select_columns(list(texts))
+    if len(selected) == len(next(iter(texts.values()))) and all(selected[c] == v for c, v in texts.items()):
+        return selected
+    return Dataset.from_dict(texts, features=Features({column: Value("string") for column in texts}))
 
 
 # Streaming corpora ------------------------------------------------------------------------------
@@ -186,10 +201,7 @@ def clean_text_stream(
     """
     if not isinstance(dataset, IterableDataset):
         raise TypeError(f"dataset must be a datasets.IterableDataset, got {type(dataset).__name__}")
-    if max_chars is not None and (
-        isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1
-    ):
-        raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}")
+    _check_max_chars(max_chars)
     if dataset.column_names is not None:
         if column not in dataset.column_names:
             raise ValueError(f"dataset has no column {column!r}; its columns are {dataset.column_names}")

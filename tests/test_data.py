@@ -1,4 +1,4 @@
-"""prepare_text_dataset: column and type checks, dropped-row report."""
+"""prepare_text_dataset / prepare_contrastive_dataset: column and type checks, cleaning, dropped-row report."""
 
 from __future__ import annotations
 
@@ -40,3 +40,41 @@ def test_all_empty_is_an_error():
 def test_integer_column_is_rejected():
     with pytest.raises(TypeError, match=r"column 'text'.*row 0 is int"):
         prepare_text_dataset(Dataset.from_dict({"text": [1, 2]}))
+
+
+def test_cleans_like_the_streamed_corpus():
+    """In-memory and streamed corpora share one cleaning rule (clean_text)."""
+    dataset = Dataset.from_dict(
+        {"text": ["zero\u200bwidth and\x00 nul", "[CLS] [SEP]", "bad \ufffd bytes", "x" * 50, "fine"]}
+    )
+    cleaned, dropped = prepare_text_dataset(dataset, max_chars=20)
+    assert cleaned["text"] == ["zerowidth and nul", "x" * 20, "fine"]
+    assert dropped.reasons == {"only special-token text": 1, "undecodable bytes (not UTF-8)": 1}
+
+
+def test_clean_dataset_is_returned_unchanged():
+    dataset = Dataset.from_dict({"text": ["one passage", "another passage"]})
+    cleaned, dropped = prepare_text_dataset(dataset)
+    assert dropped.total == 0
+    assert cleaned._fingerprint == dataset.select_columns(["text"])._fingerprint
+
+
+@pytest.mark.parametrize("max_chars", [0, -3, 2.5, True])
+def test_bad_max_chars_is_an_error(max_chars):
+    with pytest.raises(ValueError, match="max_chars"):
+        prepare_text_dataset(Dataset.from_dict({"text": ["x"]}), max_chars=max_chars)
+
+
+def test_contrastive_rows_are_dropped_when_any_text_is_unusable():
+    from retromae_st.data import prepare_contrastive_dataset
+
+    dataset = Dataset.from_dict(
+        {
+            "anchor": ["a cat", "[SEP]", "a dog", "a bird"],
+            "positive": ["a kitten", "x", "", "a\u200e sparrow"],
+        }
+    )
+    cleaned, dropped = prepare_contrastive_dataset(dataset)
+    assert cleaned["anchor"] == ["a cat", "a bird"]
+    assert cleaned["positive"] == ["a kitten", "a sparrow"]
+    assert dropped.reasons == {"only special-token text": 1, "empty or whitespace-only": 1}
