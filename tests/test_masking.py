@@ -191,6 +191,11 @@ def test_visiting_order_is_a_uniform_permutation():
     assert permutations.numel() == 24
     expected = 60000 / 24
     assert ((permutations - expected).abs() < 5 * expected**0.5).all()
+    # Rows of more than 2048 words use int64 keys (enough random bits left beside the index).
+    keys, order = visiting_order(20, 3000, torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert keys.dtype == torch.int64
+    assert torch.equal(order.sort(dim=1).values, torch.arange(3000).expand(20, 3000))
+    assert torch.equal(keys.gather(1, order), keys.sort(dim=1).values)
 
 
 def test_word_index_joins_continuation_pieces(tokenizer, tables):
