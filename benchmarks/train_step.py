@@ -133,8 +133,9 @@ class Memory:
             self.peak_mb = self._status_mb("VmHWM") - self.start
 
 
-def unfused_linear_cross_entropy(x, weight, bias, targets, chunk_rows=None) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias).float(), targets)
+def unfused_linear_cross_entropy(x, weight, bias, targets, chunk_rows=None, ignore=False) -> torch.Tensor:
+    logits = torch.nn.functional.linear(x, weight, bias).float()
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100 if ignore else -1)
 
 
 @contextmanager

@@ -100,7 +100,7 @@ def pretrain(
     loss = RetroMAELoss(model, encoder_mask_ratio=encoder_mask_ratio, decoder_mask_ratio=decoder_mask_ratio)
     save_steps = save_steps or max(1, max_steps // 2)
     bf16 = resolve_bf16(bf16, training_kwargs.get("use_cpu", False), training_kwargs.get("fp16", False))
-    if group_by_length and "batch_sampler" not in training_kwargs:
+    if group_by_length and isinstance(dataset, Dataset) and "batch_sampler" not in training_kwargs:
         training_kwargs["batch_sampler"] = length_grouped_batch_sampler(dataset, model, max_seq_length)
     args = SentenceTransformerTrainingArguments(
         output_dir=os.path.join(output_dir, "checkpoints"),
