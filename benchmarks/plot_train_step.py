@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 STYLES = {"baseline": "o--", "ours": "s-", "ours-bf16": "^-", "dupmae": "d-"}
+COLORS = {"baseline": "C0", "ours": "C2", "ours-bf16": "C3", "dupmae": "C1", "ours-unfused": "C4"}
 
 
 def load(paths: list[Path]) -> list[dict]:
@@ -89,7 +90,14 @@ def main() -> None:
         for variant, points in sorted(series.items()):
             points.sort()
             lengths, times = zip(*points, strict=True)
-            axis.plot(lengths, [t / 1000 for t in times], STYLES.get(variant, "x-"), label=variant)
+            axis.plot(
+                lengths,
+                [t / 1000 for t in times],
+                STYLES.get(variant, "x-"),
+                color=COLORS.get(variant),
+                label=variant,
+            )
+        axis.set_ylim(bottom=0)
         axis.set_title(f"{shape}, batch {batch_size}, {device}")
         axis.set_xlabel("sequence length (tokens)")
         axis.set_ylabel("seconds / training step")
