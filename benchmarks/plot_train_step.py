@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 STYLES = {"baseline": "o--", "ours": "s-", "ours-bf16": "^-", "dupmae": "d-"}
+COLORS = {"baseline": "C0", "ours": "C2", "ours-bf16": "C3", "dupmae": "C1", "ours-unfused": "C4"}
 
 
 def load(paths: list[Path]) -> list[dict]:
@@ -29,6 +30,11 @@ def nan_safe(value, spec: str) -> str:
     return "–" if value is None or value != value else format(value, spec)
 
 
+def masking(row: dict) -> str:
+    share = row["masking_ms"] / row["step_ms"]
+    return "–" if share != share else f"{row['masking_ms']:.1f} ({100 * share:.1f}%)"
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
         "| shape | B | L | variant | ms/step | × base | tokens/s | peak MB | × base | masking ms (% step) "
@@ -39,11 +45,17 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['shape']} | {r['batch_size']} | {r['length']} | {r['variant']} | {r['step_ms']:.0f} "
             f"| {nan_safe(r.get('step_ratio'), '.2f')} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} "
-            f"| {nan_safe(r.get('peak_ratio'), '.2f')} | {r['masking_ms']:.1f} ({100 * r['masking_ms'] / r['step_ms']:.1f}%) "
-            f"| {r['encoder_ms']:.0f} | {r['decoder_ms']:.0f} | {r['mlm_heads_ms']:.0f} "
-            f"| {nan_safe(r.get('bow_ms'), '.0f')} | {r['optimizer_ms']:.0f} |"
+            f"| {nan_safe(r.get('peak_ratio'), '.2f')} | {masking(r)} "
+            f"| {nan_safe(r['encoder_ms'], '.0f')} | {nan_safe(r['decoder_ms'], '.0f')} "
+            f"| {nan_safe(r['mlm_heads_ms'], '.0f')} | {nan_safe(r.get('bow_ms'), '.0f')} "
+            f"| {nan_safe(r['optimizer_ms'], '.0f')} |"
         )
     return "\n".join(lines)
+
+
+def panel_order(panel: tuple[str, int, str]) -> tuple:
+    shape, batch_size, device = panel
+    return (device, shape != "minilm", shape, batch_size)
 
 
 def main() -> None:
@@ -58,17 +70,34 @@ def main() -> None:
     rows = load(args.results)
     if args.table:
         print(markdown_table(rows))
-    panels = sorted({(row["shape"], row["batch_size"], row["device"]) for row in rows})
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for axis, (shape, batch_size, device) in zip(axes[0], panels, strict=True):
-        series = defaultdict(list)
-        for row in rows:
-            if (row["shape"], row["batch_size"], row["device"]) == (shape, batch_size, device):
+    panels = sorted({(row["shape"], row["batch_size"], row["device"]) for row in rows}, key=panel_order)
+    columns = min(len(panels), 2)
+    lines = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(lines, columns, figsize=(5 * columns, 3.8 * lines), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (shape, batch_size, device) in zip(axes.flat, panels, strict=False):
+        series, seen = defaultdict(list), set()
+        for row in rows:  # a point measured twice (several files): the first one is plotted
+            point = (row["variant"], row["length"])
+            if (row["shape"], row["batch_size"], row["device"]) == (
+                shape,
+                batch_size,
+                device,
+            ) and point not in seen:
+                seen.add(point)
                 series[row["variant"]].append((row["length"], row["step_ms"]))
         for variant, points in sorted(series.items()):
             points.sort()
             lengths, times = zip(*points, strict=True)
-            axis.plot(lengths, [t / 1000 for t in times], STYLES.get(variant, "x-"), label=variant)
+            axis.plot(
+                lengths,
+                [t / 1000 for t in times],
+                STYLES.get(variant, "x-"),
+                color=COLORS.get(variant),
+                label=variant,
+            )
+        axis.set_ylim(bottom=0)
         axis.set_title(f"{shape}, batch {batch_size}, {device}")
         axis.set_xlabel("sequence length (tokens)")
         axis.set_ylabel("seconds / training step")

@@ -133,8 +133,9 @@ class Memory:
             self.peak_mb = self._status_mb("VmHWM") - self.start
 
 
-def unfused_linear_cross_entropy(x, weight, bias, targets, chunk_rows=None) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias).float(), targets)
+def unfused_linear_cross_entropy(x, weight, bias, targets, chunk_rows=None, ignore=False) -> torch.Tensor:
+    logits = torch.nn.functional.linear(x, weight, bias).float()
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100 if ignore else -1)
 
 
 @contextmanager
@@ -256,6 +257,9 @@ class Runner:
 clock = time.perf_counter
 
 
+COMPONENTS = ("masking", "encoder", "decoder", "mlm_heads", "optimizer")
+
+
 def median_ms(function: Callable[[], None], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -272,8 +276,12 @@ def measure(runners: dict[str, Runner], ids: list[list[int]], repeats: int, brea
     for variant, runner in runners.items():
         runner.set_batch(ids)
         with Memory(runner.device) as memory:  # the first step also warms up this shape
+            start = clock()
             runner.step()
-        results[variant] = {"peak_mb": memory.peak_mb}
+            first = clock() - start
+        results[variant] = {"peak_mb": memory.peak_mb, "timed_steps": max(repeats, 1)}
+        if repeats == 0:  # one step per point: the memory step is the timed one
+            times[variant].append(first)
     for _ in range(repeats):
         for variant, runner in runners.items():
             start = clock()
@@ -284,8 +292,13 @@ def measure(runners: dict[str, Runner], ids: list[list[int]], repeats: int, brea
         result = results[variant]
         result["step_ms"] = 1000 * statistics.median(times[variant])
         result["tokens_per_s"] = tokens / result["step_ms"] * 1000
-        for name, function in runner.components().items():
-            result[f"{name}_ms"] = median_ms(function, repeats if name == "masking" else breakdown_repeats)
+        if breakdown_repeats == 0:  # no breakdown: the components are not timed
+            result.update({f"{name}_ms": float("nan") for name in COMPONENTS})
+        else:
+            for name, function in runner.components().items():
+                result[f"{name}_ms"] = median_ms(
+                    function, max(repeats, 1) if name == "masking" else breakdown_repeats
+                )
         runner.loss.zero_grad(set_to_none=True)
     return results
 
@@ -299,8 +312,13 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--skip", nargs="*", default=[], help="BATCHxLENGTH pairs not to run, e.g. 32x512")
     parser.add_argument("--variants", nargs="+", default=["baseline", "ours", "dupmae"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per point (median)")
-    parser.add_argument("--breakdown-repeats", type=int, default=1)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed steps per point (median); 0: one step per point, the (memory) warm-up step timed",
+    )
+    parser.add_argument("--breakdown-repeats", type=int, default=1, help="0: no component breakdown")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -355,10 +373,10 @@ def main() -> None:
                         device=str(device),
                         threads=torch.get_num_threads(),
                     )
+                    r["masking_share"] = r["masking_ms"] / r["step_ms"]
                     if base is not None:
                         r["step_ratio"] = r["step_ms"] / base["step_ms"]
                         r["peak_ratio"] = r["peak_mb"] / base["peak_mb"]
-                        r["masking_share"] = r["masking_ms"] / r["step_ms"]
                     print(
                         f"{shape:>9} {batch_size:>3} {length:>4} {variant:>10} {r['step_ms']:>9.0f} "
                         f"{r.get('step_ratio', float('nan')):>7.2f} {r['tokens_per_s']:>7.0f} {r['peak_mb']:>8.0f} "

@@ -52,6 +52,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument(
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_false",
+        help="draw batches uniformly at random instead of grouping texts of similar length",
+    )
     return parser.parse_args()
 
 
@@ -65,6 +71,7 @@ def main() -> None:
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length,
         learning_rate=args.learning_rate,
+        group_by_length=args.group_by_length,
     )
     print(f"corpus: {args.corpus} ({result.dropped})")
     print(

@@ -7,6 +7,7 @@ from retromae_st.dupmae_loss import DupMAELoss, build_dupmae_model
 from retromae_st.dupmae_pooling import DupMAEPooling, load_dupmae_model
 from retromae_st.dupmae_search import DupMAERetriever
 from retromae_st.export import load_cls_model, save_as_masked_lm
+from retromae_st.length_grouped_sampler import LengthGroupedBatchSampler
 from retromae_st.retromae_contrastive_loss import RetroMAEContrastiveLoss
 from retromae_st.retromae_loss import RetroMAELoss
 
@@ -19,6 +20,7 @@ __all__ = [
     "build_dupmae_model",
     "load_dupmae_model",
     "EnhancedDecoderLayer",
+    "LengthGroupedBatchSampler",
     "LossStateCallback",
     "RetroMAEContrastiveLoss",
     "RetroMAELoss",

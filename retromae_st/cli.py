@@ -331,7 +331,8 @@ def command_pretrain(args: argparse.Namespace) -> int:
         decoder_mask_ratio=args.decoder_mask_ratio,
         resume_from_checkpoint=True if args.resume else None,
         seed=args.seed,
-        bf16=args.bf16,
+        group_by_length=args.group_by_length,
+        bf16={"auto": "auto", "on": True, "off": False}[args.bf16],
     )
     print(f"corpus rows dropped: {result.dropped}")
     print(f"sentence-transformers model: {result.sentence_transformer_dir}")
@@ -356,7 +357,18 @@ def add_pretrain_commands(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--decoder-mask-ratio", type=float, default=0.5)
     pretrain.add_argument("--seed", type=int, default=42)
     pretrain.add_argument(
-        "--bf16", action="store_true", help="bf16 mixed precision where the device supports it"
+        "--bf16",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="bf16 autocast; auto (default): on for CUDA devices with bf16 support, off on CPU; --bf16: on",
+    )
+    pretrain.add_argument(
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_false",
+        help="draw batches uniformly at random instead of grouping texts of similar length",
     )
     pretrain.add_argument("--resume", action="store_true", help="resume from the last checkpoint in OUTPUT")
     pretrain.set_defaults(func=command_pretrain)

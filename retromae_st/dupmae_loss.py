@@ -20,16 +20,22 @@ def ordinary_token_mask(
     return ordinary
 
 
-def bag_of_words_target(input_ids: torch.Tensor, ordinary: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def bag_of_words_target(
+    input_ids: torch.Tensor,
+    ordinary: torch.Tensor,
+    vocab_size: int,
+    positions: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The authors' BoW target ``(B, V)``: ``1 / n`` at every distinct ordinary token of a row of ``n`` of them.
 
     As in the authors' collator the weight is assigned, not accumulated: a repeated token gets ``1 / n``
-    once, so a row sums to ``#distinct / n``. Rows without ordinary tokens are all zeros.
+    once, so a row sums to ``#distinct / n``. Rows without ordinary tokens are all zeros. ``positions``
+    is ``ordinary.nonzero(as_tuple=True)`` when the caller has it already.
     """
-    counts = ordinary.sum(dim=1, keepdim=True).clamp(min=1)
-    rows = ordinary.nonzero(as_tuple=True)[0]
+    rows, columns = ordinary.nonzero(as_tuple=True) if positions is None else positions
+    counts = ordinary.sum(dim=1).clamp(min=1)
     weight = torch.zeros(input_ids.size(0), vocab_size, device=input_ids.device)
-    weight[rows, input_ids[ordinary]] = (1.0 / counts.float()).expand_as(ordinary)[ordinary]
+    weight[rows, input_ids[rows, columns]] = (1.0 / counts.float())[rows]
     return weight
 
 
@@ -135,19 +141,24 @@ class DupMAELoss(RetroMAELoss):
         input_ids = features["input_ids"]
         token_embeddings = self.encode(features, masks.encoder_input_ids)
         ordinary = ordinary_token_mask(input_ids, features["attention_mask"], self.special_tokens)
-        logits = self.mlm_head(token_embeddings[ordinary]).float()
-        ot_vector = self.ot_vector_from_logits(logits, ordinary)
-        target = bag_of_words_target(input_ids, ordinary, self.head_vocab_size)
+        rows, columns = ordinary.nonzero(as_tuple=True)  # one host synchronisation for the OT positions
+        logits = self.mlm_head(token_embeddings[rows, columns]).float()
+        ot_vector = self.ot_vector_from_logits(logits, ordinary, rows)
+        target = bag_of_words_target(input_ids, ordinary, self.head_vocab_size, (rows, columns))
         return {
-            "encoder_mlm": self.encoder_mlm_from_logits(logits, masks.encoder_labels[ordinary]),
+            "encoder_mlm": self.encoder_mlm_from_logits(logits, masks.encoder_labels[rows, columns]),
             "decoder_mlm": self.decoder_loss(token_embeddings[:, 0], input_ids, masks),
             "bow": self.bow_loss_weight * bag_of_words_loss(ot_vector, target),
         }
 
     @staticmethod
-    def ot_vector_from_logits(logits: torch.Tensor, ordinary: torch.Tensor) -> torch.Tensor:
-        """Row-wise max of precomputed ordinary-token logits ``(N, V)``: the OT vector ``(B, V)``."""
-        rows = ordinary.nonzero(as_tuple=True)[0]
+    def ot_vector_from_logits(
+        logits: torch.Tensor, ordinary: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Row-wise max of precomputed ordinary-token logits ``(N, V)``: the OT vector ``(B, V)``.
+        ``rows`` is ``ordinary.nonzero(as_tuple=True)[0]`` when the caller has it already."""
+        if rows is None:
+            rows = ordinary.nonzero(as_tuple=True)[0]
         pooled = logits.new_full((ordinary.size(0), logits.size(1)), float("-inf"))
         pooled = pooled.scatter_reduce(
             0, rows[:, None].expand_as(logits), logits, reduce="amax", include_self=True
@@ -158,10 +169,10 @@ class DupMAELoss(RetroMAELoss):
     @staticmethod
     def encoder_mlm_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Encoder MLM cross-entropy at the labelled ordinary positions (0 when none is labelled)."""
-        labelled = labels != -100
-        if not bool(labelled.any()):
+        labelled = (labels != -100).nonzero().squeeze(1)  # one host synchronisation
+        if labelled.numel() == 0:
             return logits.sum() * 0.0
-        return F.cross_entropy(logits[labelled], labels[labelled])
+        return F.cross_entropy(logits.index_select(0, labelled), labels.index_select(0, labelled))
 
     def decoder_inputs(
         self, sentence_embedding: torch.Tensor, input_ids: torch.Tensor

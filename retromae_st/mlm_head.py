@@ -20,7 +20,7 @@ from transformers import PretrainedConfig
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 from retromae_st.decoder import init_like_bert
-from retromae_st.fused_cross_entropy import linear_cross_entropy
+from retromae_st.fused_cross_entropy import ignored_mean_cross_entropy, linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -132,21 +132,40 @@ def trainable_head_state(head: BertOnlyMLMHead) -> dict[str, torch.Tensor]:
     return {key: value for key, value in head.state_dict().items() if key != "predictions.decoder.weight"}
 
 
-def masked_lm_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def masked_lm_loss(
+    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, all_positions: bool = False
+) -> torch.Tensor:
     """Mean cross-entropy over the positions that carry a label, computing logits only there.
 
     Equal to ``cross_entropy(head(hidden).view(-1, V), labels.view(-1))`` (ignore index -100) without
     materialising ``B x L x V`` logits. A batch without any label gives 0 rather than NaN.
+
+    The labelled positions are found with one ``nonzero`` (a host synchronisation on an accelerator:
+    the number of labelled positions decides the shapes). ``all_positions=True`` runs the head at every
+    position instead and leaves the unlabelled ones out of the mean on the device: no synchronisation,
+    the same value, and extra head work in proportion to the unlabelled share (cheap for a term whose
+    labels cover nearly every position, as the decoder's do in length-grouped batches).
     """
-    labelled = labels != -100
-    targets = labels[labelled]
-    if targets.numel() == 0:
+    if all_positions:
+        return _head_cross_entropy(head, hidden.flatten(0, -2), labels.flatten(), ignore=True)
+    positions = (labels.flatten() != -100).nonzero().squeeze(1)
+    if positions.numel() == 0:
         return hidden.sum() * 0.0
+    return _head_cross_entropy(
+        head, hidden.flatten(0, -2).index_select(0, positions), labels.flatten().index_select(0, positions)
+    )
+
+
+def _head_cross_entropy(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, ignore: bool = False
+) -> torch.Tensor:
+    """Mean cross-entropy of ``head(hidden)`` ``(N, V)`` against ``targets`` ``(N,)``."""
     predictions = getattr(head, "predictions", None)
     if isinstance(getattr(predictions, "decoder", None), nn.Linear) and hasattr(predictions, "transform"):
         # BERT's head: transform, then the vocabulary projection fused with the loss (no N x V logits kept).
         decoder = predictions.decoder
         return linear_cross_entropy(
-            predictions.transform(hidden[labelled]), decoder.weight, decoder.bias, targets
+            predictions.transform(hidden), decoder.weight, decoder.bias, targets, ignore=ignore
         )
-    return F.cross_entropy(head(hidden[labelled]).float(), targets)
+    logits = head(hidden).float()
+    return ignored_mean_cross_entropy(logits, targets) if ignore else F.cross_entropy(logits, targets)

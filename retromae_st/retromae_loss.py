@@ -248,7 +248,11 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
     ) -> torch.Tensor:
         query, key_value = self.decoder_inputs(sentence_embedding, input_ids)
         hidden = self.decoder(query, key_value, masks.decoder_visible)
-        return masked_lm_loss(self.mlm_head, hidden, masks.decoder_labels)
+        # The decoder's labels cover every token but specials and padding. On an accelerator the head runs
+        # at every position (a little extra work on those few) to spare a host synchronisation; on CPU a
+        # synchronisation costs nothing, so only the labelled positions are computed.
+        all_positions = hidden.device.type != "cpu"
+        return masked_lm_loss(self.mlm_head, hidden, masks.decoder_labels, all_positions=all_positions)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {

@@ -159,3 +159,57 @@ def test_fused_linear_cross_entropy_under_bf16_autocast():
     for ours, theirs in zip(fused_grads, expected_grads, strict=True):
         assert ours.dtype == torch.float32
         torch.testing.assert_close(ours, theirs, atol=0.02, rtol=0.05)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_linear_cross_entropy_with_ignored_rows_matches_autograd(with_bias):
+    """``ignore=True`` (no host synchronisation) equals ``F.cross_entropy(..., ignore_index=-100)``."""
+    from retromae_st.fused_cross_entropy import linear_cross_entropy
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(11, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(50, 8, generator=generator, requires_grad=True)
+    bias = torch.randn(50, generator=generator, requires_grad=True) if with_bias else None
+    targets = torch.randint(50, (11,), generator=generator)
+    targets[[0, 4, 5, 10]] = -100
+    leaves = [x, weight] + ([bias] if with_bias else [])
+
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias), targets)
+    expected_grads = torch.autograd.grad(expected * 3.0, leaves)
+    fused = linear_cross_entropy(x, weight, bias, targets, chunk_rows=4, ignore=True)
+    fused_grads = torch.autograd.grad(fused * 3.0, leaves)
+    torch.testing.assert_close(fused, expected, atol=ATOL, rtol=0)
+    for ours, theirs in zip(fused_grads, expected_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            linear_cross_entropy(x, weight, bias, targets, ignore=True), expected, atol=ATOL, rtol=0
+        )
+
+    nothing = torch.full_like(targets, -100)  # no label at all: 0 and zero gradients, not NaN
+    empty = linear_cross_entropy(x, weight, bias, nothing, chunk_rows=4, ignore=True)
+    assert empty.item() == 0.0
+    assert all(not grad.any() for grad in torch.autograd.grad(empty, leaves))
+
+
+@pytest.mark.parametrize("labels_name", ["encoder_labels", "decoder_labels"])
+def test_heads_at_all_positions_equal_heads_at_labelled_positions(loss_and_batch, labels_name):
+    """The synchronisation-free head path (every position, unlabelled ones left out of the mean on the
+    device) gives the same loss and gradients as the labelled-positions path."""
+    from retromae_st.mlm_head import masked_lm_loss
+
+    loss, features = loss_and_batch
+    masks = loss.make_masks(features, generator=torch.Generator().manual_seed(4))
+    labels = getattr(masks, labels_name)
+    hidden = torch.randn(*labels.shape, loss.mlm_head.predictions.transform.dense.in_features)
+    hidden.requires_grad_()
+
+    def compute(all_positions: bool):
+        return lambda: {"mlm": masked_lm_loss(loss.mlm_head, hidden, labels, all_positions=all_positions)}
+
+    gathered = loss_and_gradients(loss, compute(False))
+    gathered_input = hidden.grad
+    hidden.grad = None
+    everywhere = loss_and_gradients(loss, compute(True))
+    assert_same(everywhere, gathered)
+    torch.testing.assert_close(hidden.grad, gathered_input, atol=ATOL, rtol=1e-4)
