@@ -121,8 +121,10 @@ class DupMAEPooling(Module):
           it is not pre-trained (DupMAE pre-training has no such layer) and must be fine-tuned.
 
         Reload a saved model with :func:`retromae_st.load_dupmae_model` (or
-        ``SentenceTransformer(path, trust_remote_code=True)`` for a folder you trust: sentence-transformers 6
-        imports module classes outside its namespace only with that flag).
+        ``SentenceTransformer(path, trust_remote_code=True)`` for a folder you trust). Plain
+        ``SentenceTransformer(path)`` refuses it: sentence-transformers 6 imports module classes outside its
+        own namespace only with that flag and offers no registration hook (details in
+        :func:`retromae_st.load_dupmae_model`).
 
         The module keeps its own copy of the MLM head (transform + output projection + bias), saved
         with the model as ``model.safetensors`` in the module folder.
@@ -156,7 +158,7 @@ class DupMAEPooling(Module):
 
                 loss = DupMAELoss(model)              # ... pre-train with a SentenceTransformerTrainer ...
                 dupmae_model = build_dupmae_model(loss, top_k=256)
-                dupmae_model.save("dupmae-model")     # SentenceTransformer("dupmae-model") reloads it
+                dupmae_model.save("dupmae-model")     # load_dupmae_model("dupmae-model") reloads it
                 scores = dupmae_model.similarity(dupmae_model.encode(queries), dupmae_model.encode(passages))
         """
         super().__init__()
@@ -383,11 +385,33 @@ def is_dupmae_folder(path: str | os.PathLike) -> bool:
 def load_dupmae_model(path: str | os.PathLike, **kwargs) -> SentenceTransformer:
     """Loads a saved DupMAE SentenceTransformer without ``trust_remote_code``.
 
-    sentence-transformers 6 imports a module class outside its own namespace only with
-    ``trust_remote_code=True``, which also lets the folder supply code for that class. Here the
-    ``DupMAEPooling`` entry of ``modules.json`` is resolved to this installed class instead, so nothing from
-    the folder is executed; any other non-sentence-transformers class still needs the flag.
-    ``SentenceTransformer(path, trust_remote_code=True)`` loads the same model from a folder you trust.
+    Why plain ``SentenceTransformer(path)`` cannot load it (sentence-transformers 6.2): every
+    ``modules.json`` ``type`` goes through ``BaseModel._load_module_class_from_ref`` →
+    ``sentence_transformers.util.misc.import_module_class``, whose only allow rule is the namespace::
+
+        if class_ref.startswith("sentence_transformers."):
+            return import_from_string(class_ref)
+        if model_name_or_path is not None:
+            ...
+            if not trust_remote_code:
+                raise ValueError(... "Please pass the argument `trust_remote_code=True` to allow custom code to be run.")
+
+    There is no registry, entry-point group or other public hook for third-party module classes, and
+    ``trust_remote_code`` cannot be set by the saved config. So a model folder can only be loaded without
+    the flag if ``type`` names an importable ``sentence_transformers.*`` path. No sentence-transformers
+    module computes DupMAE's representation (``SpladePooling`` max-pools MLM logits, but always through a ReLU,
+    over every attended position, with no ``[CLS]`` part and no top-k), and shipping a ``sentence_transformers.*``
+    module from this package (a file inside another distribution's package, or a ``.pth`` import hook
+    so that it exists before ``retromae_st`` is imported) would defeat the rule that sentence-transformers
+    put there on purpose and break for anyone without ``retromae_st``. Setting
+    ``SentenceTransformer._module_classes`` on import would only work after ``import retromae_st`` and
+    patches private state. Hence this function.
+
+    ``SentenceTransformer(path, trust_remote_code=True)`` also loads the model (same embeddings), but that
+    flag trusts more than this class: e.g. custom modeling code named by the Transformer's ``config.json``.
+    Here only the ``DupMAEPooling`` entry of ``modules.json`` is resolved to this installed class (through
+    ``SentenceTransformer._load_with_module_classes``, the hook sentence-transformers' own trainer uses to
+    reload checkpoints of such models); any other non-sentence-transformers class still needs the flag.
     """
     loader = getattr(SentenceTransformer, "_load_with_module_classes", None)
     if loader is None:  # another sentence-transformers version: fall back to the public, explicit flag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
@@ -239,3 +240,59 @@ def test_bad_arguments_are_named(kwargs, error, match):
 def test_build_needs_a_dupmae_loss(tiny_model):
     with pytest.raises(TypeError, match="DupMAELoss"):
         build_dupmae_model(tiny_model)
+
+
+FRESH_PROCESS_LOAD = """
+import sys
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+path, texts, out = sys.argv[1], sys.argv[2].split("|"), sys.argv[3]
+assert "retromae_st" not in sys.modules
+try:
+    SentenceTransformer(path, device="cpu")
+    plain = "loaded"
+except ValueError as error:
+    plain = str(error)
+trusted = SentenceTransformer(path, device="cpu", trust_remote_code=True).encode(texts)
+from retromae_st import load_dupmae_model
+
+loaded = load_dupmae_model(path, device="cpu").encode(texts)
+np.savez(out, trusted=trusted, loaded=loaded, plain=np.array(plain))
+"""
+
+
+def test_a_fresh_process_reloads_identical_embeddings(tiny_bert_dir, tmp_path):
+    """A new Python process (retromae_st not imported) reloads a saved DupMAE model. Plain
+    ``SentenceTransformer(path)`` is refused by sentence-transformers 6 (a module class outside its
+    namespace needs ``trust_remote_code=True``: see ``load_dupmae_model``); with the flag, or with
+    ``load_dupmae_model``, the embeddings are identical to the saved model's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sentence_transformers.base.modules import Transformer
+
+    transformer = Transformer(str(tiny_bert_dir), max_seq_length=64)
+    pooling = DupMAEPooling(64, 30522, top_k=16, special_token_ids=[0, 100, 101, 102, 103])
+    with torch.no_grad():  # built by __init__, not from a trained head: its bias must survive the round trip
+        pooling.mlm_head.predictions.bias.normal_()
+    model = SentenceTransformer(modules=[transformer, pooling], similarity_fn_name="dot", device="cpu").eval()
+    texts = [text for text in TEXTS if text]
+    expected = model.encode(texts)
+    model.save(str(tmp_path / "model"))
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "out.npz"
+    subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_LOAD, str(tmp_path / "model"), "|".join(texts), str(out)],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    result = np.load(out)
+    assert "trust_remote_code=True" in str(result["plain"])
+    for key in ("trusted", "loaded"):
+        np.testing.assert_allclose(result[key], expected, atol=1e-6, rtol=0)
