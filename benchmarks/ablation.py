@@ -573,6 +573,24 @@ def plot(path: Path, columns: list[str], panels: list[tuple[str, dict[str, list[
     print(f"wrote {path}")
 
 
+def anisotropy(args: argparse.Namespace, num_sentences: int = 64) -> None:
+    """Mean / min pairwise cosine of the CLS embeddings of the first SNLI premises, per pre-trained model:
+    how collapsed each [CLS] is (1.0 = every sentence gets the same direction)."""
+    torch.set_num_threads(1)
+    output = Path(args.output)
+    sentences = read_snli_pairs(SHARED / "nli" / "snli_devtest_pairs.tsv")["anchor"][:num_sentences]
+    off_diagonal = ~torch.eye(len(sentences), dtype=torch.bool)
+    for point in START_POINTS:
+        folder = start_dir(point, output / "random_init", output)
+        if not folder.exists():
+            continue
+        embeddings = load_cls_model(str(folder)).encode(
+            sentences, convert_to_tensor=True, normalize_embeddings=True
+        )
+        cosines = (embeddings @ embeddings.T)[off_diagonal]
+        print(f"| {point} | {cosines.mean():.5f} | {cosines.min():.5f} | {cosines.std():.5f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -598,10 +616,15 @@ def main() -> None:
         "--smoke", action="store_true", help="tiny corpus and eval slices, to test the script"
     )
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
+    parser.add_argument(
+        "--anisotropy", action="store_true", help="only print how collapsed each pre-trained [CLS] is"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.report:
         report(args)
+    elif args.anisotropy:
+        anisotropy(args)
     else:
         run(args)
 
