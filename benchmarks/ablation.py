@@ -480,8 +480,10 @@ def format_extra(value: Any) -> str:
     return f"{value:.0f}" if isinstance(value, float) else str(value)
 
 
-def table(rows: dict[str, list[dict[str, Any]]], columns: list[str], extra: dict[str, str]) -> str:
-    header = ["model", *columns, *extra]
+def table(
+    rows: dict[str, list[dict[str, Any]]], columns: list[str], extra: dict[str, str], seeds: bool = False
+) -> str:
+    header = ["model", *columns, *extra, *(["seeds"] if seeds else [])]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, records in rows.items():
         cells = [
@@ -489,6 +491,7 @@ def table(rows: dict[str, list[dict[str, Any]]], columns: list[str], extra: dict
             for c in columns
         ]
         cells += [format_extra(records[0].get(field)) for field in extra.values()]
+        cells += [str(len(records))] if seeds else []
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -520,14 +523,13 @@ def report(args: argparse.Namespace) -> None:
     joint = grouped(all_results, "stage2-").get("joint")
     if joint:
         stage2["retromae + joint MAE + MNRL"] = joint
-    seeds = {name: len(records) for name, records in {**finetuned, **stage2}.items()}
     sections = [
         "### Experiment 1: zero-shot, after pre-training (CLS pooling; dupmae-unified = [CLS] + top-k OT)",
         table(pretrain, columns, {"steps": "steps", "CPU s": "cpu_seconds"}),
-        f"### Experiment 2: after MNRL fine-tuning (mean ± sd over seeds: {sorted(set(seeds.values()))})",
-        table(finetuned, columns, {}),
-        "### Experiment 3: stage 2 from retromae (mean ± sd over seeds)",
-        table(stage2, columns, {}),
+        "### Experiment 2: after MNRL fine-tuning (mean ± sd over fine-tuning seeds)",
+        table(finetuned, columns, {}, seeds=True),
+        "### Experiment 3: stage 2 from retromae (mean ± sd over fine-tuning seeds)",
+        table(stage2, columns, {}, seeds=True),
     ]
     text = "\n\n".join(sections) + "\n"
     print(text)
