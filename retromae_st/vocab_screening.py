@@ -33,9 +33,11 @@ relative slack for that arithmetic, plus a tiny absolute slack for flushed subno
 The recomputation reproduces the float32 path's values bit for bit because a float32 GEMM computes each
 output element the same way whatever the numbers of rows and columns, once there are at least
 :data:`MIN_GEMM_ROWS` rows and :data:`MIN_GEMM_COLS` columns (smaller products take other kernels, whose
-last bit can differ); both paths pad to those sizes. Both paths select with :func:`ordered_top_k` (equal
+last bit can differ); both paths pad to those sizes. That holds for a single BLAS thread: with several,
+MKL partitions a GEMM by its shape, so the float32 path itself (e.g. chunked vs unchunked) and this one
+can differ in a logit's last bit, and an entry tied to that precision with the k-th value can swap. Both paths select with :func:`ordered_top_k` (equal
 values by ascending index), so ties pick the same entries too. ``tests/test_dupmae_pooling.py`` checks
-identity of indices and values against the float32 path on random and real inputs.
+identity of indices and values against the float32 path on random and real inputs (one BLAS thread).
 """
 
 from __future__ import annotations

@@ -74,8 +74,19 @@ def test_relu_activation_keeps_at_most_k_and_only_positive_entries(tiny_model):
     assert (counts < 30000).all() and (counts > 0).all()
 
 
+@pytest.fixture
+def one_blas_thread():
+    """Bit-identity of float32 GEMMs across matrix shapes holds with one thread; with several, MKL splits
+    the work by shape and the last bit of a logit can change (the outputs then agree to float32 rounding,
+    see ``test_chunked_outputs_agree_with_several_threads``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("bf16_screening", [False, True])
-def test_chunked_and_unchunked_outputs_are_identical(dupmae_model, bf16_screening):
+def test_chunked_and_unchunked_outputs_are_identical(dupmae_model, bf16_screening, one_blas_thread):
     pooling = dupmae_model[1]
     pooling.bf16_screening = bf16_screening
     features = dupmae_model.preprocess(TEXTS)
@@ -90,6 +101,23 @@ def test_chunked_and_unchunked_outputs_are_identical(dupmae_model, bf16_screenin
         # The max is exact, and chunks of < 4 tokens are padded so that every chunk takes the same GEMM kernel.
         for key in ("ot_indices", "ot_values", "cls_embedding", "sentence_embedding"):
             assert torch.equal(chunked[key], whole[key]), key
+
+
+def test_chunked_outputs_agree_with_several_threads(dupmae_model):
+    pooling = dupmae_model[1]
+    features = dupmae_model.preprocess(TEXTS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outputs = {}
+        for chunk_size in (10**9, 3):
+            pooling.chunk_size = chunk_size
+            with torch.no_grad():
+                outputs[chunk_size] = dupmae_model(dict(features))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[3]["ot_indices"], outputs[10**9]["ot_indices"])
+    torch.testing.assert_close(outputs[3]["ot_values"], outputs[10**9]["ot_values"], atol=1e-6, rtol=1e-6)
 
 
 def random_head_inputs(hidden_size: int, seed: int, scale: float = 1.0):
@@ -111,7 +139,7 @@ def random_head_inputs(hidden_size: int, seed: int, scale: float = 1.0):
     [(64, 512, 16, 1.0), (64, 5, 1, 1.0), (128, 37, 256, 30.0), (32, 512, 2000, 0.01)],
 )
 def test_bf16_screening_gives_the_float32_top_k_exactly_on_random_inputs(
-    hidden_size, chunk_size, top_k, scale
+    hidden_size, chunk_size, top_k, scale, one_blas_thread
 ):
     pooling, hidden, ordinary = random_head_inputs(hidden_size, seed=hidden_size + top_k, scale=scale)
     with torch.no_grad():
@@ -144,7 +172,7 @@ def test_bf16_screening_bounds_contain_the_float32_values(scale):
     assert (candidates < 0.01 * 30522).all()
 
 
-def test_bf16_screening_is_identical_on_real_inputs(tmp_path):
+def test_bf16_screening_is_identical_on_real_inputs(tmp_path, one_blas_thread):
     """all-MiniLM-L6-v2 on real text, with a head tied to its word embeddings (a pre-trained MLM head's layout)."""
     from sentence_transformers.base.modules import Transformer
 
