@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -22,12 +23,27 @@ def run_ddp_equivalence(loss_name: str, model_dir, result_path) -> dict:
     )
 
 
+def run_in_own_session(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` that, on timeout, kills torchrun *and its ranks* (its whole session): a rank left
+    behind by a killed torchrun would live on and make later runs on the machine hang or crawl."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def run_torchrun(module: str, arguments: list[str], result_path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
     # --standalone: torchrun binds its own free rendezvous port (no pick-then-release race).
     command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", module, *arguments]
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    completed = run_in_own_session(command, env, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(result_path.read_text())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from retromae_st import load_cls_model
 SCRIPT = Path(__file__).parent / "distributed" / "gather_check.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from gather_check import batch_texts, contrastive_loss_and_grads  # noqa: E402
+
+from tests.test_reliability_distributed import run_in_own_session  # noqa: E402
 
 ROWS_PER_RANK = 4
 
@@ -27,12 +28,8 @@ def test_two_process_gather_matches_one_process_on_concatenated_batch(tiny_bert_
         "PYTHONPATH": os.pathsep.join([str(SCRIPT.parents[2]), os.environ.get("PYTHONPATH", "")]),
     }
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*command, str(SCRIPT), str(tiny_bert_dir), str(output), str(ROWS_PER_RANK)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = run_in_own_session(
+        [*command, str(SCRIPT), str(tiny_bert_dir), str(output), str(ROWS_PER_RANK)], env, timeout=300
     )
     assert result.returncode == 0, result.stderr[-4000:]
     distributed = torch.load(output)
