@@ -202,6 +202,12 @@ class TrainableLossMixin:
             callback.restore_if_resuming(trainer.args, trainer.state)
 
 
+def own_parameters(loss: TrainableLossMixin) -> list[nn.Parameter]:
+    """The loss's trainable parameters that are not its model's (tied ones belong to the model)."""
+    model_params = {id(p) for p in unwrap_model(loss.model).parameters()}
+    return [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
+
+
 def sync_loss_gradients(loss: TrainableLossMixin) -> None:
     """Averages the gradients of the loss's own parameters over all ranks, as DDP does for the model's.
 
@@ -214,8 +220,7 @@ def sync_loss_gradients(loss: TrainableLossMixin) -> None:
     world = torch.distributed.get_world_size()
     if world == 1:
         return
-    model_params = {id(p) for p in unwrap_model(loss.model).parameters()}
-    params = [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
+    params = own_parameters(loss)
     if not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -272,15 +277,6 @@ def _resume_path_on_stack() -> str | None:
     return None
 
 
-def loss_parameters(trainer: Trainer) -> list[nn.Parameter]:
-    """The trainable parameters of the trainer's stateful losses that are not the model's."""
-    model_params = {id(p) for p in unwrap_model(trainer.model).parameters()}
-    params = []
-    for loss in stateful_losses(trainer.loss).values():
-        params += [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
-    return params
-
-
 class LossStateCallback(TrainerCallback):
     """Saves every stateful loss of ``trainer`` into each checkpoint and restores it on resume.
 
@@ -302,7 +298,7 @@ class LossStateCallback(TrainerCallback):
     def clip_model_and_loss(self, model: nn.Module):
         """The trainer's ``_clip_grad_norm``, over the model's and the losses' parameters together."""
         self.sync_gradients()
-        extra = loss_parameters(self.trainer)
+        extra = [p for loss in stateful_losses(self.trainer.loss).values() for p in own_parameters(loss)]
         if not extra or self.trainer._has_mixed_mesh_grads(model):
             return self._clip_model_only(model)
         parameters = itertools.chain(model.parameters(), extra)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,18 @@ def train_on(loss, batches, lr: float) -> None:
         optimizer.zero_grad()
         sum(terms.values()).backward()
         optimizer.step()
+
+
+def run_in_own_session(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` that, on timeout, kills torchrun *and its ranks* (its whole session): a rank left
+    behind by a killed torchrun would live on and make later runs on the machine hang or crawl."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 
 import pytest
 
 from retromae_st.checkpointing import mask_seed
+from tests.conftest import run_in_own_session
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 
@@ -21,21 +20,6 @@ def run_ddp_equivalence(loss_name: str, model_dir, result_path) -> dict:
     return run_torchrun(
         "tests.distributed.ddp_equivalence", [loss_name, str(model_dir), str(result_path)], result_path
     )
-
-
-def run_in_own_session(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """``subprocess.run`` that, on timeout, kills torchrun *and its ranks* (its whole session): a rank left
-    behind by a killed torchrun would live on and make later runs on the machine hang or crawl."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def run_torchrun(module: str, arguments: list[str], result_path) -> dict:

@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).parent / "distributed" / "gather_check.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from gather_check import batch_texts, contrastive_loss_and_grads  # noqa: E402
 
-from tests.test_reliability_distributed import run_in_own_session  # noqa: E402
+from tests.conftest import run_in_own_session  # noqa: E402
 
 ROWS_PER_RANK = 4
 
