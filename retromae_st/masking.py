@@ -269,7 +269,13 @@ def whole_word_mask(
     """One whole-word mask per row at ``ratio``. Returns ``(B, L)`` bool (``True`` = masked)."""
     maskable = maskable_tokens(input_ids, attention_mask, special)
     words = word_index(input_ids, maskable, word_starts)
-    budget = mask_budget(attention_mask.sum(dim=1), ratio)
+    return _whole_word_mask_of_words(words, attention_mask.sum(dim=1), ratio, generator)
+
+
+def _whole_word_mask_of_words(
+    words: torch.Tensor, lengths: torch.Tensor, ratio: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    budget = mask_budget(lengths, ratio)
     chosen = choose_whole_words(word_lengths(words, word_capacity(words)), budget, generator)
     return tokens_of_words(chosen, words)
 
@@ -316,14 +322,24 @@ def decoder_attention_mask(
     pool_size)``; an example uses the first ``min(n, pool_size)`` of its ``P``), so every mask of the
     authors' pool is drawn and nothing depends on which ones the positions pick.
     """
-    batch, length = input_ids.shape
-    device = input_ids.device
+    maskable = maskable_tokens(input_ids, attention_mask, special)
+    words = word_index(input_ids, maskable, word_starts)
+    return _decoder_visible_of_words(words, attention_mask, ratio, pool_size, generator)
+
+
+def _decoder_visible_of_words(
+    words: torch.Tensor,
+    attention_mask: torch.Tensor,
+    ratio: float,
+    pool_size: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    batch, length = words.shape
+    device = words.device
     lengths = attention_mask.sum(dim=1)
     real = attention_mask.bool()
     pool = min(length, pool_size)
 
-    maskable = maskable_tokens(input_ids, attention_mask, special)
-    words = word_index(input_ids, maskable, word_starts)
     # int32 before expanding: the (B, P, W) view is then used as it is, never copied.
     lengths_of_words = word_lengths(words, word_capacity(words)).to(torch.int32)
     budget = mask_budget(lengths, ratio)
@@ -367,15 +383,16 @@ def retromae_masks(
     generator: torch.Generator | None = None,
 ) -> RetroMAEMasks:
     """Encoder and decoder masks of one batch, as the authors' ``RetroMAECollator`` makes them."""
-    encoder_masked = whole_word_mask(
-        input_ids, attention_mask, word_starts, special, encoder_mask_ratio, generator
+    maskable = maskable_tokens(input_ids, attention_mask, special)
+    words = word_index(input_ids, maskable, word_starts)
+    encoder_masked = _whole_word_mask_of_words(
+        words, attention_mask.sum(dim=1), encoder_mask_ratio, generator
     )
     encoder_input_ids, encoder_labels = bert_mask_replacement(
         input_ids, encoder_masked, mask_token_id, vocab_size, generator
     )
-    maskable = maskable_tokens(input_ids, attention_mask, special)
     decoder_labels = input_ids.masked_fill(~maskable, -100)
-    visible = decoder_attention_mask(
-        input_ids, attention_mask, word_starts, special, decoder_mask_ratio, decoder_pool_size, generator
+    visible = _decoder_visible_of_words(
+        words, attention_mask, decoder_mask_ratio, decoder_pool_size, generator
     )
     return RetroMAEMasks(encoder_input_ids, encoder_labels, decoder_labels, visible)

@@ -116,6 +116,38 @@ def test_masks_are_deterministic_under_a_seed(tokenizer, tables, texts, seed):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
 
 
+@settings(max_examples=25, deadline=None)
+@given(texts=texts_strategy, seed=st.integers(0, 2**31 - 1))
+def test_retromae_masks_is_the_public_steps_in_order(tokenizer, tables, texts, seed):
+    """``retromae_masks`` works out the words once for all three masks; it must give exactly what the
+    public functions give when called in the same order on the same generator."""
+    word_starts, special = tables
+    ids, attention = batch_of(tokenizer, texts)
+    masks = retromae_masks(
+        ids,
+        attention,
+        word_starts,
+        special,
+        103,
+        len(tokenizer),
+        0.3,
+        0.5,
+        16,
+        torch.Generator().manual_seed(seed),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    encoder_masked = whole_word_mask(ids, attention, word_starts, special, 0.3, generator)
+    encoder_input_ids, encoder_labels = bert_mask_replacement(
+        ids, encoder_masked, 103, len(tokenizer), generator
+    )
+    visible = decoder_attention_mask(ids, attention, word_starts, special, 0.5, 16, generator)
+    maskable = maskable_tokens(ids, attention, special)
+    assert torch.equal(masks.encoder_input_ids, encoder_input_ids)
+    assert torch.equal(masks.encoder_labels, encoder_labels)
+    assert torch.equal(masks.decoder_labels, ids.masked_fill(~maskable, -100))
+    assert torch.equal(masks.decoder_visible, visible)
+
+
 @settings(max_examples=40, deadline=None)
 @given(texts=texts_strategy, ratio=st.floats(0.3, 0.9), seed=st.integers(0, 2**31 - 1))
 def test_decoder_mask_never_shows_self_always_shows_cls(tokenizer, tables, texts, ratio, seed):
