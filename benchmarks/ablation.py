@@ -71,7 +71,7 @@ from retromae_st import (  # noqa: E402
     save_as_masked_lm,
 )
 from retromae_st.data import prepare_text_dataset  # noqa: E402
-from retromae_st.eval.beir import BeirDataset, evaluate_beir, load_beir_folder  # noqa: E402
+from retromae_st.eval.beir import BeirDataset, DenseFaissRetriever, load_beir_folder, retrieve  # noqa: E402
 from retromae_st.eval.sts import StsPairs, StsTask, evaluate_sts, read_sts_path  # noqa: E402
 from retromae_st.masking import bert_mask_replacement, whole_word_mask  # noqa: E402
 from retromae_st.mlm_head import masked_lm_loss  # noqa: E402
@@ -195,21 +195,50 @@ class Evaluator:
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
 
-    def __call__(self, model: SentenceTransformer, dupmae: bool = False) -> dict[str, float]:
+    def __call__(
+        self, model: SentenceTransformer, dupmae: bool = False, with_sts: bool = True
+    ) -> dict[str, Any]:
+        """``{"scores": {column: value}, "per_query": {dataset: {query id: NDCG@10}}}``; the per-query
+        values are what :func:`paired_bootstrap` resamples."""
         model.max_seq_length = self.max_seq_length
         model.eval()
-        row = {}
+        row, per_query = {}, {}
         for dataset in self.beir:
             if dupmae:
                 retriever = DupMAERetriever(model, batch_size=self.batch_size)
-                result = evaluate_beir(retriever, dataset)
             else:
-                result = evaluate_beir(model, dataset, batch_size=self.batch_size, show_progress_bar=False)
-            row[dataset.name] = 100 * result["metrics"]["NDCG@10"]
-        if not dupmae:
+                retriever = DenseFaissRetriever(model, batch_size=self.batch_size, show_progress_bar=False)
+            run = retrieve(retriever, dataset, top_k=10)
+            per_query[dataset.name] = ndcg_at_10_per_query(dataset.qrels, run)
+            row[dataset.name] = 100 * statistics.mean(per_query[dataset.name].values())
+        if with_sts and not dupmae:
             for name, result in evaluate_sts(model, self.sts, batch_size=self.batch_size)["tasks"].items():
                 row[f"STS-B {name}"] = result["main"]["spearman"]
-        return row
+        return {"scores": row, "per_query": per_query}
+
+
+def ndcg_at_10_per_query(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """NDCG@10 of every judged query that has results, as :func:`retromae_st.eval.beir.evaluate_run` averages it."""
+    import pytrec_eval
+
+    qrels = {qid: {doc: int(rel) for doc, rel in rels.items()} for qid, rels in qrels.items()}
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+    return {qid: values["ndcg_cut_10"] for qid, values in scores.items()}
+
+
+def paired_bootstrap(
+    first: dict[str, float], second: dict[str, float], samples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean difference ``first - second`` of per-query scores (x100) and its 95% bootstrap interval over
+    queries: how much of a gap the sampling of the ~50 queries alone could make."""
+    queries = sorted(set(first) & set(second))
+    differences = torch.tensor([first[q] - second[q] for q in queries], dtype=torch.float64) * 100
+    generator = torch.Generator().manual_seed(seed)
+    resampled = differences[torch.randint(len(queries), (samples, len(queries)), generator=generator)].mean(1)
+    low, high = torch.quantile(resampled, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return differences.mean().item(), low, high
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -363,6 +392,7 @@ def finetune(
         "steps": trainer.state.global_step,
         "cpu_seconds": time.process_time() - start_cpu,
         "learning_rate": learning_rate,
+        "last_loss": history[-1]["loss"] if history else None,
         "loss_history": history,
     }
 
@@ -439,22 +469,24 @@ def run(args: argparse.Namespace) -> None:
     # Experiment 1: pre-training from the same start, same CPU budget.
     if "random" in args.pretrain_variants and not results.done("pretrain-random"):
         cpu = time.process_time()
-        scores = evaluate(load_cls_model(str(init_dir)))
-        results.save("pretrain-random", {"scores": scores, "eval_cpu_seconds": time.process_time() - cpu})
+        record = evaluate(load_cls_model(str(init_dir)))
+        results.save("pretrain-random", {**record, "eval_cpu_seconds": time.process_time() - cpu})
     for variant in PRETRAIN_VARIANTS:
         key = f"pretrain-{variant}"
         if variant not in args.pretrain_variants or results.done(key):
             continue
         record = pretrain_variant(variant, init_dir, corpus, output / "pretrain" / variant, args)
         cpu = time.process_time()
-        record["scores"] = evaluate(load_cls_model(str(output / "pretrain" / variant / "final")))
+        record.update(evaluate(load_cls_model(str(output / "pretrain" / variant / "final"))))
         record["eval_cpu_seconds"] = time.process_time() - cpu
         results.save(key, record)
     if "dupmae" in args.pretrain_variants and not results.done("pretrain-dupmae-unified"):
         from retromae_st import load_dupmae_model
 
         unified = load_dupmae_model(str(output / "pretrain" / "dupmae" / "unified"), device="cpu")
-        results.save("pretrain-dupmae-unified", {"scores": evaluate(unified, dupmae=True)})
+        results.save("pretrain-dupmae-unified", evaluate(unified, dupmae=True))
+    if args.backfill_per_query:
+        backfill_per_query(results, evaluate, init_dir, output)
     if args.pretrain_only:
         return
 
@@ -479,9 +511,33 @@ def run(args: argparse.Namespace) -> None:
                 )
             else:
                 model, record = finetune(start_dir(point, init_dir, output), pairs, seed, args, learning_rate)
-            record["scores"] = evaluate(model)
+            record.update(evaluate(model))
             results.save(key, record)
     report(args)
+
+
+def backfill_per_query(results: Results, evaluate: Evaluator, init_dir: Path, output: Path) -> None:
+    """Adds per-query NDCG@10 to experiment-1 results written before the evaluator kept it (BEIR only;
+    the averages must come out as stored)."""
+    from retromae_st import load_dupmae_model
+
+    for point in ("random", *PRETRAIN_VARIANTS, "dupmae-unified"):
+        key = f"pretrain-{point}"
+        if not results.done(key) or "per_query" in results.load(key):
+            continue
+        record = results.load(key)
+        if point == "dupmae-unified":
+            model = load_dupmae_model(str(output / "pretrain" / "dupmae" / "unified"), device="cpu")
+        else:
+            model = load_cls_model(
+                str(init_dir if point == "random" else output / "pretrain" / point / "final")
+            )
+        again = evaluate(model, dupmae=point == "dupmae-unified", with_sts=False)
+        for name, value in again["scores"].items():
+            if abs(value - record["scores"][name]) > 1e-6:
+                raise RuntimeError(f"{key}: {name} re-evaluated as {value}, stored {record['scores'][name]}")
+        record["per_query"] = again["per_query"]
+        results.save(key, record)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -495,10 +551,13 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def format_extra(value: Any) -> str:
-    if value is None:
+def format_extra(values: list[Any]) -> str:
+    """The mean of a logged number over the records (seeds), or "–" where it was not logged."""
+    values = [value for value in values if value is not None]
+    if not values:
         return "–"
-    return f"{value:.0f}" if isinstance(value, float) else str(value)
+    mean = statistics.mean(values)
+    return f"{mean:.0f}" if abs(mean) >= 100 else f"{mean:.3g}"
 
 
 def table(
@@ -511,7 +570,7 @@ def table(
             mean_spread([r["scores"][c] for r in records]) if c in records[0]["scores"] else "–"
             for c in columns
         ]
-        cells += [format_extra(records[0].get(field)) for field in extra.values()]
+        cells += [format_extra([r.get(field) for r in records]) for field in extra.values()]
         cells += [str(len(records))] if seeds else []
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -524,6 +583,46 @@ def grouped(all_results: dict[str, dict[str, Any]], prefix: str) -> dict[str, li
             name = key[len(prefix) :].rsplit("-seed", 1)[0]
             groups.setdefault(name, []).append(record)
     return groups
+
+
+BOOTSTRAP_PAIRS = [
+    ("pre-trained retromae", "pre-trained mlm"),
+    ("pre-trained dupmae", "pre-trained mlm"),
+    ("pre-trained retromae", "pre-trained tsdae"),
+    ("pre-trained dupmae", "pre-trained retromae"),
+    ("pre-trained dupmae-unified", "pre-trained retromae"),
+    ("pre-trained retromae", "pre-trained random"),
+    ("fine-tuned retromae", "fine-tuned mlm"),
+    ("fine-tuned dupmae", "fine-tuned mlm"),
+    ("fine-tuned retromae", "fine-tuned random"),
+    ("stage 2 retromae + joint MAE + MNRL", "stage 2 retromae + MNRL (contrastive only)"),
+]
+
+
+def per_query_mean(records: list[dict[str, Any]], dataset: str) -> dict[str, float] | None:
+    """Per-query NDCG@10 averaged over the records (seeds); ``None`` if a record lacks it."""
+    if any(dataset not in r.get("per_query", {}) for r in records):
+        return None
+    queries = set.intersection(*(set(r["per_query"][dataset]) for r in records))
+    return {q: statistics.mean(r["per_query"][dataset][q] for r in records) for q in queries}
+
+
+def bootstrap_table(rows: dict[str, list[dict[str, Any]]], pairs: list[tuple[str, str]]) -> str:
+    datasets = sorted({name for records in rows.values() for r in records for name in r.get("per_query", {})})
+    lines = ["| comparison | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
+    for first, second in pairs:
+        if first not in rows or second not in rows:
+            continue
+        cells = []
+        for dataset in datasets:
+            a, b = per_query_mean(rows[first], dataset), per_query_mean(rows[second], dataset)
+            if a is None or b is None:
+                cells.append("–")
+                continue
+            mean, low, high = paired_bootstrap(a, b)
+            cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+        lines.append(f"| {first} − {second} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -544,13 +643,31 @@ def report(args: argparse.Namespace) -> None:
     joint = grouped(all_results, "stage2-").get("joint")
     if joint:
         stage2["retromae + joint MAE + MNRL"] = joint
+    selection = {
+        f"lr {key[len('lr-select-') :]}": [record]
+        for key, record in all_results.items()
+        if key.startswith("lr-select-")
+    }
     sections = [
+        "### Fine-tuning learning rate, chosen on STS-B train from the random init (MNRL, seed 0)",
+        table(selection, ["STS-B train"], {"last logged MNRL loss": "last_loss"})
+        if selection
+        else "(not run)",
         "### Experiment 1: zero-shot, after pre-training (CLS pooling; dupmae-unified = [CLS] + top-k OT)",
         table(pretrain, columns, {"steps": "steps", "CPU s": "cpu_seconds"}),
         "### Experiment 2: after MNRL fine-tuning (mean ± sd over fine-tuning seeds)",
-        table(finetuned, columns, {}, seeds=True),
+        table(finetuned, columns, {"last logged loss": "last_loss"}, seeds=True),
         "### Experiment 3: stage 2 from retromae (mean ± sd over fine-tuning seeds)",
-        table(stage2, columns, {}, seeds=True),
+        table(stage2, columns, {"last logged loss": "last_loss"}, seeds=True),
+    ]
+    sections += [
+        "### Paired bootstrap over queries: NDCG@10 difference x100 [95% interval]",
+        bootstrap_table(
+            {f"pre-trained {name}": records for name, records in pretrain.items()}
+            | {f"fine-tuned {name}": records for name, records in finetuned.items()}
+            | {f"stage 2 {name}": records for name, records in stage2.items()},
+            BOOTSTRAP_PAIRS,
+        ),
     ]
     text = "\n\n".join(sections) + "\n"
     print(text)
@@ -653,6 +770,11 @@ def main() -> None:
         help="which start points this process pre-trains and scores (to split the work over processes)",
     )
     parser.add_argument("--pretrain-only", action="store_true", help="stop after experiment 1")
+    parser.add_argument(
+        "--backfill-per-query",
+        action="store_true",
+        help="re-run the BEIR evaluation of experiment-1 results that lack per-query NDCG@10",
+    )
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
     parser.add_argument(
         "--anisotropy", action="store_true", help="only print how collapsed each pre-trained [CLS] is"
