@@ -1,11 +1,15 @@
 """Issue #9, experiments 1-3: pre-training ablation from one random start, fine-tuning, stage 2.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/ablation.py --budget-minutes 4 --seeds 0 1 2
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/ablation.py --budget-minutes 25 \
+        --pretrain-learning-rate 5e-4 --pretrain-warmup-steps 100 --seeds 0 1 2
+
+(``--pretrain-variants`` / ``--pretrain-only`` / ``--seeds`` split the work over processes that share
+``--output``; see ``benchmarks/RESULTS.md`` for the exact split used.)
 
 1. Builds ONE random-init small BERT (4 layers, hidden 256, 4 heads, intermediate 1024, the
    all-MiniLM-L6-v2 WordPiece vocabulary and tokenizer), saves it, and pre-trains from that same start,
    on the same corpus (``../shared/data/corpus/corpus.txt``), with the same batch size, learning rate,
-   schedule, data order and the SAME budget of process CPU time (``time.process_time()``):
+   schedule, length-grouped data order and the SAME budget of process CPU time (``time.process_time()``):
 
    - ``mlm``: masked language modelling only: the encoder half of RetroMAE (same whole-word masking at
      ``encoder_mask_ratio``, same MLM head) with no decoder, i.e. the ablation "RetroMAE minus decoder";
@@ -19,14 +23,18 @@
    BEIR subset in ``../shared/data/beir_subsets`` and Spearman x100 on STS-B dev.
 2. Each of them is then fine-tuned identically with ``MultipleNegativesRankingLoss`` on the SNLI
    (premise, entailment hypothesis) pairs of ``../shared/data/nli`` (``--finetune-steps`` x
-   ``--finetune-batch-size``, same seed and data order for all), once per seed; same metrics.
+   ``--finetune-batch-size``, same seed and data order for all), once per seed; same metrics. The one
+   learning rate is chosen first, from ``--finetune-learning-rates``, by MNRL from the random init scored
+   on STS-B *train* (never on the reported sets).
 3. From ``retromae``: stage 2 with contrastive only (MNRL) vs the joint
    :class:`retromae_st.RetroMAEContrastiveLoss` (MNRL + RetroMAE on every column, the decoder of stage 1
    carried over), on the same pairs and steps, once per seed.
 
 Every finished model writes ``OUTPUT/results/<key>.json`` at once, and an existing result is not
-recomputed, so a killed run is resumed by starting it again. ``--report`` only rebuilds
-``OUTPUT/ablation.md``, ``OUTPUT/ablation.json`` and ``OUTPUT/ablation.png`` from those files.
+recomputed, so a killed run is resumed by starting it again. Each result keeps per-query NDCG@10, and
+the report adds a paired bootstrap over queries for the comparisons the papers make (the spread that
+the ~50 queries of a subset alone allow). ``--report`` only rebuilds ``OUTPUT/ablation.md``,
+``OUTPUT/ablation.json`` and ``OUTPUT/ablation.png`` from those files.
 """
 
 from __future__ import annotations
