@@ -617,6 +617,8 @@ def per_query_mean(records: list[dict[str, Any]], dataset: str) -> dict[str, flo
 
 def bootstrap_table(rows: dict[str, list[dict[str, Any]]], pairs: list[tuple[str, str]]) -> str:
     datasets = sorted({name for records in rows.values() for r in records for name in r.get("per_query", {})})
+    if not datasets:
+        return "(no per-query results: run with --backfill-per-query)"
     lines = ["| comparison | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
     for first, second in pairs:
         if first not in rows or second not in rows:
