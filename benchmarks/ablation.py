@@ -503,7 +503,7 @@ def run(args: argparse.Namespace) -> None:
     retromae_dir = output / "pretrain" / "retromae"
     learning_rate = select_finetune_learning_rate(init_dir, pairs, results, args)
     for seed in args.seeds:
-        for point in ("retromae", "joint", "mlm", "dupmae", "tsdae", "random"):
+        for point in args.finetune_points:
             key = f"stage2-joint-seed{seed}" if point == "joint" else f"finetune-{point}-seed{seed}"
             if results.done(key):
                 continue
@@ -780,6 +780,13 @@ def main() -> None:
         help="which start points this process pre-trains and scores (to split the work over processes)",
     )
     parser.add_argument("--pretrain-only", action="store_true", help="stop after experiment 1")
+    parser.add_argument(
+        "--finetune-points",
+        nargs="+",
+        choices=("retromae", "joint", "mlm", "dupmae", "tsdae", "random"),
+        default=["retromae", "joint", "mlm", "dupmae", "tsdae", "random"],
+        help="experiment 2/3 runs this process does, in this order (joint = stage 2 from retromae)",
+    )
     parser.add_argument(
         "--backfill-per-query",
         action="store_true",
