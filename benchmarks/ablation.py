@@ -599,6 +599,7 @@ BOOTSTRAP_PAIRS = [
     ("pre-trained retromae", "pre-trained tsdae"),
     ("pre-trained dupmae", "pre-trained retromae"),
     ("pre-trained dupmae-unified", "pre-trained retromae"),
+    ("pre-trained dupmae-unified", "pre-trained dupmae"),
     ("pre-trained retromae", "pre-trained random"),
     ("fine-tuned retromae", "fine-tuned mlm"),
     ("fine-tuned dupmae", "fine-tuned mlm"),
