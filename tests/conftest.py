@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -104,7 +106,15 @@ def run_in_own_session(command: list[str], env: dict, timeout: float) -> subproc
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # torchrun starts every rank in a session of its own, so killing torchrun's session is not enough:
+        # collect its descendants while they are still its children, then kill them all. A surviving rank
+        # would also hold the output pipes open and block ``communicate``.
+        descendants = psutil.Process(process.pid).children(recursive=True)
         os.killpg(process.pid, signal.SIGKILL)
+        for child in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        psutil.wait_procs(descendants, timeout=10)
         process.communicate()
         raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -116,6 +116,9 @@ def main() -> None:
         }
         with open(result_path, "w") as handle:
             json.dump(result, handle)
+    # Both ranks leave together: rank 1 would otherwise tear down its end of the gloo group while rank 0
+    # is still busy with the single-process reference.
+    dist.barrier()
     dist.destroy_process_group()
 
 
