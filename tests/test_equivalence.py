@@ -117,29 +117,39 @@ def test_same_loss_in_training_mode_without_dropout(tiny_model, sample_texts):
     assert_same(ours, theirs)
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_fused_linear_cross_entropy_matches_autograd(with_bias):
-    from retromae_st.fused_cross_entropy import linear_cross_entropy
-
-    generator = torch.Generator().manual_seed(0)
+def linear_problem(seed: int, with_bias: bool):
+    """11 rows of 8 features, a 50-class linear layer (with or without bias) and targets, all seeded."""
+    generator = torch.Generator().manual_seed(seed)
     x = torch.randn(11, 8, generator=generator, requires_grad=True)
     weight = torch.randn(50, 8, generator=generator, requires_grad=True)
     bias = torch.randn(50, generator=generator, requires_grad=True) if with_bias else None
     targets = torch.randint(50, (11,), generator=generator)
-    leaves = [x, weight] + ([bias] if with_bias else [])
+    return x, weight, bias, targets
 
+
+def assert_fused_cross_entropy_matches_autograd(x, weight, bias, targets, **options) -> None:
+    """Loss and gradients of ``linear_cross_entropy`` (chunks of 4 rows, and unchunked without grad)
+    equal ``F.cross_entropy(F.linear(...))`` (which ignores ``-100`` targets)."""
+    from retromae_st.fused_cross_entropy import linear_cross_entropy
+
+    leaves = [leaf for leaf in (x, weight, bias) if leaf is not None]
     expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias), targets)
     expected_grads = torch.autograd.grad(expected * 3.0, leaves)
-    fused = linear_cross_entropy(x, weight, bias, targets, chunk_rows=4)  # 3 chunks, the last one short
+    fused = linear_cross_entropy(x, weight, bias, targets, chunk_rows=4, **options)
     fused_grads = torch.autograd.grad(fused * 3.0, leaves)
-
     torch.testing.assert_close(fused, expected, atol=ATOL, rtol=0)
     for ours, theirs in zip(fused_grads, expected_grads, strict=True):
         torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=1e-4)
     with torch.no_grad():
         torch.testing.assert_close(
-            linear_cross_entropy(x, weight, bias, targets), expected, atol=ATOL, rtol=0
+            linear_cross_entropy(x, weight, bias, targets, **options), expected, atol=ATOL, rtol=0
         )
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_linear_cross_entropy_matches_autograd(with_bias):
+    x, weight, bias, targets = linear_problem(seed=0, with_bias=with_bias)
+    assert_fused_cross_entropy_matches_autograd(x, weight, bias, targets)  # 3 chunks, the last one short
 
 
 def test_fused_linear_cross_entropy_under_bf16_autocast():
@@ -166,26 +176,11 @@ def test_fused_linear_cross_entropy_with_ignored_rows_matches_autograd(with_bias
     """``ignore=True`` (no host synchronisation) equals ``F.cross_entropy(..., ignore_index=-100)``."""
     from retromae_st.fused_cross_entropy import linear_cross_entropy
 
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(11, 8, generator=generator, requires_grad=True)
-    weight = torch.randn(50, 8, generator=generator, requires_grad=True)
-    bias = torch.randn(50, generator=generator, requires_grad=True) if with_bias else None
-    targets = torch.randint(50, (11,), generator=generator)
+    x, weight, bias, targets = linear_problem(seed=3, with_bias=with_bias)
     targets[[0, 4, 5, 10]] = -100
+    assert_fused_cross_entropy_matches_autograd(x, weight, bias, targets, ignore=True)
+
     leaves = [x, weight] + ([bias] if with_bias else [])
-
-    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, weight, bias), targets)
-    expected_grads = torch.autograd.grad(expected * 3.0, leaves)
-    fused = linear_cross_entropy(x, weight, bias, targets, chunk_rows=4, ignore=True)
-    fused_grads = torch.autograd.grad(fused * 3.0, leaves)
-    torch.testing.assert_close(fused, expected, atol=ATOL, rtol=0)
-    for ours, theirs in zip(fused_grads, expected_grads, strict=True):
-        torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=1e-4)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            linear_cross_entropy(x, weight, bias, targets, ignore=True), expected, atol=ATOL, rtol=0
-        )
-
     nothing = torch.full_like(targets, -100)  # no label at all: 0 and zero gradients, not NaN
     empty = linear_cross_entropy(x, weight, bias, nothing, chunk_rows=4, ignore=True)
     assert empty.item() == 0.0
