@@ -55,6 +55,15 @@ def batch_of(tokenizer, texts, max_length=64):
     return encoded["input_ids"], encoded["attention_mask"]
 
 
+def seeded_masks(tokenizer, tables, ids, attention, seed, decoder_ratio=0.5, pool_size=256):
+    """``retromae_masks`` at the encoder ratio 0.3, drawn from a fresh generator seeded with ``seed``."""
+    word_starts, special = tables
+    generator = torch.Generator().manual_seed(seed)
+    return retromae_masks(
+        ids, attention, word_starts, special, 103, len(tokenizer), 0.3, decoder_ratio, pool_size, generator
+    )
+
+
 texts_strategy = st.lists(
     st.lists(st.sampled_from(WORDS), min_size=0, max_size=30).map(" ".join), min_size=1, max_size=6
 )
@@ -102,16 +111,9 @@ def test_whole_word_mask_properties(tokenizer, tables, texts, ratio, seed):
 @settings(max_examples=25, deadline=None)
 @given(texts=texts_strategy, seed=st.integers(0, 2**31 - 1))
 def test_masks_are_deterministic_under_a_seed(tokenizer, tables, texts, seed):
-    word_starts, special = tables
     ids, attention = batch_of(tokenizer, texts)
 
-    def masks_from_seed():
-        generator = torch.Generator().manual_seed(seed)
-        return retromae_masks(
-            ids, attention, word_starts, special, 103, len(tokenizer), 0.3, 0.5, generator=generator
-        )
-
-    first, second = masks_from_seed(), masks_from_seed()
+    first, second = (seeded_masks(tokenizer, tables, ids, attention, seed) for _ in range(2))
     for name in ("encoder_input_ids", "encoder_labels", "decoder_labels", "decoder_visible"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
 
@@ -123,18 +125,7 @@ def test_retromae_masks_is_the_public_steps_in_order(tokenizer, tables, texts, s
     public functions give when called in the same order on the same generator."""
     word_starts, special = tables
     ids, attention = batch_of(tokenizer, texts)
-    masks = retromae_masks(
-        ids,
-        attention,
-        word_starts,
-        special,
-        103,
-        len(tokenizer),
-        0.3,
-        0.5,
-        16,
-        torch.Generator().manual_seed(seed),
-    )
+    masks = seeded_masks(tokenizer, tables, ids, attention, seed, pool_size=16)
     generator = torch.Generator().manual_seed(seed)
     encoder_masked = whole_word_mask(ids, attention, word_starts, special, 0.3, generator)
     encoder_input_ids, encoder_labels = bert_mask_replacement(
@@ -324,21 +315,10 @@ def test_torch_path_equals_numpy_path(tokenizer, tables, sample_texts, monkeypat
     """The pure-torch path (used on GPUs) gives exactly the masks of the CPU path through NumPy."""
     import retromae_st.masking as masking
 
-    word_starts, special = tables
     ids, attention = batch_of(tokenizer, sample_texts[:8] + ["unbelievable hyperparameters"], max_length=48)
 
     def masks():
-        return retromae_masks(
-            ids,
-            attention,
-            word_starts,
-            special,
-            103,
-            len(tokenizer),
-            0.3,
-            0.6,
-            generator=torch.Generator().manual_seed(3),
-        )
+        return seeded_masks(tokenizer, tables, ids, attention, seed=3, decoder_ratio=0.6)
 
     through_numpy = masks()
     monkeypatch.setattr(masking, "_through_numpy", lambda tensor: False)
