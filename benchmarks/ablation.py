@@ -79,7 +79,13 @@ from retromae_st import (  # noqa: E402
     save_as_masked_lm,
 )
 from retromae_st.data import prepare_text_dataset  # noqa: E402
-from retromae_st.eval.beir import BeirDataset, DenseFaissRetriever, load_beir_folder, retrieve  # noqa: E402
+from retromae_st.eval.beir import (  # noqa: E402
+    BeirDataset,
+    DenseFaissRetriever,
+    load_beir_folder,
+    per_query_metrics,
+    retrieve,
+)
 from retromae_st.eval.sts import StsPairs, StsTask, evaluate_sts, read_sts_path  # noqa: E402
 from retromae_st.masking import bert_mask_replacement, whole_word_mask  # noqa: E402
 from retromae_st.mlm_head import masked_lm_loss  # noqa: E402
@@ -217,23 +223,13 @@ class Evaluator:
             else:
                 retriever = DenseFaissRetriever(model, batch_size=self.batch_size, show_progress_bar=False)
             run = retrieve(retriever, dataset, top_k=10)
-            per_query[dataset.name] = ndcg_at_10_per_query(dataset.qrels, run)
+            scores = per_query_metrics(dataset.qrels, run, k_values=(10,))
+            per_query[dataset.name] = {query: values["ndcg_cut_10"] for query, values in scores.items()}
             row[dataset.name] = 100 * statistics.mean(per_query[dataset.name].values())
         if with_sts and not dupmae:
             for name, result in evaluate_sts(model, self.sts, batch_size=self.batch_size)["tasks"].items():
                 row[f"STS-B {name}"] = result["main"]["spearman"]
         return {"scores": row, "per_query": per_query}
-
-
-def ndcg_at_10_per_query(
-    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
-) -> dict[str, float]:
-    """NDCG@10 of every judged query that has results, as :func:`retromae_st.eval.beir.evaluate_run` averages it."""
-    import pytrec_eval
-
-    qrels = {qid: {doc: int(rel) for doc, rel in rels.items()} for qid, rels in qrels.items()}
-    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
-    return {qid: values["ndcg_cut_10"] for qid, values in scores.items()}
 
 
 def paired_bootstrap(

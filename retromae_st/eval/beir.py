@@ -520,6 +520,25 @@ def truncate_run(run: dict[str, dict[str, float]], top_k: int) -> dict[str, dict
     return truncated
 
 
+def per_query_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    ignore_identical_ids: bool = True,
+) -> dict[str, dict[str, float]]:
+    """pytrec_eval's ``ndcg_cut_k``, ``map_cut_k``, ``recall_k`` and ``P_k`` of every judged query that has
+    results, ``{query id: {measure: value}}``: what :func:`evaluate_run` averages, e.g. for paired tests."""
+    import pytrec_eval
+
+    run = {qid: dict(docs) for qid, docs in run.items()}
+    if ignore_identical_ids:
+        run, _ = drop_identical_ids(run)
+    qrels = {qid: {doc_id: int(rel) for doc_id, rel in rels.items()} for qid, rels in qrels.items()}
+    k_list = ",".join(str(k) for k in k_values)
+    measures = {f"ndcg_cut.{k_list}", f"map_cut.{k_list}", f"recall.{k_list}", f"P.{k_list}"}
+    return pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+
+
 def evaluate_run(
     qrels: Mapping[str, Mapping[str, int]],
     run: Mapping[str, Mapping[str, float]],
@@ -535,9 +554,7 @@ def evaluate_run(
     if ignore_identical_ids:
         run, _ = drop_identical_ids(run)
     qrels = {qid: {doc_id: int(rel) for doc_id, rel in rels.items()} for qid, rels in qrels.items()}
-    k_list = ",".join(str(k) for k in k_values)
-    measures = {f"ndcg_cut.{k_list}", f"map_cut.{k_list}", f"recall.{k_list}", f"P.{k_list}"}
-    per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    per_query = per_query_metrics(qrels, run, k_values, ignore_identical_ids=False)
     if not per_query:
         raise ValueError("no query of the run has relevance judgements; check the query ids")
     metrics: dict[str, float] = {}

@@ -18,6 +18,7 @@ from retromae_st.eval.beir import (
     faiss_top_k,
     load_beir_folder,
     model_fingerprint,
+    per_query_metrics,
     retrieve,
     texts_fingerprint,
 )
@@ -69,6 +70,11 @@ def test_metrics_match_hand_computed_values():
     assert metrics["P@1"] == pytest.approx(2 / 3, abs=1e-9)
     assert metrics["MRR@10"] == pytest.approx((1 + 0.5 + 1) / 3, abs=1e-9)
     assert metrics["evaluated_queries"] == 3
+
+    per_query = per_query_metrics(qrels, run, k_values=[10])
+    assert per_query["q1"]["ndcg_cut_10"] == pytest.approx(1.0, abs=1e-9)
+    assert per_query["q2"]["ndcg_cut_10"] == pytest.approx(ndcg_q2, abs=1e-9)
+    assert per_query["q3"]["ndcg_cut_10"] == pytest.approx(ndcg_q3, abs=1e-9)
 
 
 def test_metrics_equal_beirs_evaluate():
