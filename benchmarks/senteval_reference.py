@@ -15,7 +15,7 @@ code is in this repository. It runs unpatched with numpy 2.4 / scikit-learn 1.9 
 Usage (from the repository root, one thread):
     OMP_NUM_THREADS=1 python benchmarks/senteval_reference.py encode --cache /work/runs/eval_cache
     OMP_NUM_THREADS=1 python benchmarks/senteval_reference.py run --cache /work/runs/eval_cache \
-        --senteval-repo /work/senteval-ref --output /work/runs/eval_cache/senteval_engine.json
+        --senteval-repo /work/senteval-ref   # writes <cache>/senteval_engine/<task>.json
 """
 
 from __future__ import annotations
@@ -95,11 +95,11 @@ def encode(args: argparse.Namespace) -> None:
         start = time.process_time()
         embeddings = model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=True)
         timings[task] = time.process_time() - start
-        np.savez(path, texts=np.array(texts, dtype=object), embeddings=embeddings.astype(np.float32))
+        tmp = args.cache / f"{task}.tmp.npz"
+        np.savez(tmp, texts=np.array(texts, dtype=object), embeddings=embeddings.astype(np.float32))
+        tmp.replace(path)  # atomic: the other engine never reads a half-written file
         print(f"{task}: {len(texts)} sentences encoded in {timings[task]:.1f} CPU s -> {path}")
-    timing_path = args.cache / "encode_cpu_seconds.json"
-    previous = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    timing_path.write_text(json.dumps(previous | timings, indent=2))
+        (args.cache / f"{task}.encode_cpu_seconds.json").write_text(json.dumps({task: timings[task]}))
 
 
 def task_object(engine, name: str):
@@ -133,10 +133,11 @@ def run(args: argparse.Namespace) -> None:
     from senteval.engine import SE
     from sklearn.exceptions import ConvergenceWarning
 
-    results = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    args.output.mkdir(parents=True, exist_ok=True)
     for task in args.tasks or present_tasks(args.downstream):
-        if task in results:
-            print(f"{task}: already in {args.output}")
+        output = args.output / f"{task}.json"
+        if output.is_file():
+            print(f"{task}: already in {output}")
             continue
         lookup = load_cache(args.cache, task)
 
@@ -158,9 +159,9 @@ def run(args: argparse.Namespace) -> None:
             cpu = time.process_time() - start
         unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         result = {k: v for k, v in result.items() if k != "yhat"}
-        results[task] = {**result, "cpu_seconds": cpu, "unconverged_fits": unconverged}
-        print(f"{task}: {results[task]}", flush=True)
-        args.output.write_text(json.dumps(results, indent=2, default=float))
+        result = {**result, "cpu_seconds": cpu, "unconverged_fits": unconverged}
+        print(f"{task}: {result}", flush=True)
+        output.write_text(json.dumps(result, indent=2, default=float))
 
 
 def main() -> None:
@@ -176,11 +177,15 @@ def main() -> None:
     parser.add_argument("--kfold", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1111)
     args = parser.parse_args()
-    args.output = args.output or args.cache / "senteval_engine.json"
+    args.output = args.output or args.cache / "senteval_engine"
     logging.basicConfig(level=logging.WARNING)
-    if args.step in ("encode", "both"):
+    if args.step == "both":  # task by task, so that several processes can share the list
+        for task in args.tasks or present_tasks(args.downstream):
+            encode(argparse.Namespace(**{**vars(args), "tasks": [task]}))
+            run(argparse.Namespace(**{**vars(args), "tasks": [task]}))
+    elif args.step == "encode":
         encode(args)
-    if args.step in ("run", "both"):
+    else:
         run(args)
 
 

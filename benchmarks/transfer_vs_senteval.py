@@ -3,7 +3,7 @@
 Reads each task with ``retromae_st.eval.senteval`` (our readers), looks every sentence up in ``<cache>/<task>.npz``
 (a sentence missing from the cache is an error: both engines must see identical embeddings), runs our classifier
 protocol and records the process CPU time per task. ``--protocol`` may be given several times. Writes
-``<cache>/ours_<protocol>.json`` and prints the table with SentEval's numbers (``<cache>/senteval_engine.json``).
+``<cache>/ours_<protocol>.json`` and prints the table with SentEval's numbers (``<cache>/senteval_engine/<task>.json``).
 
 Usage (from the repository root, one thread):
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/transfer_vs_senteval.py --cache /work/runs/eval_cache \
@@ -58,8 +58,9 @@ def run(cache: Path, downstream: Path, protocol: str, tasks: list[str] | None, k
 
 
 def table(cache: Path, protocols: list[str]) -> str:
-    reference_path = cache / "senteval_engine.json"
-    reference = json.loads(reference_path.read_text()) if reference_path.is_file() else {}
+    reference = {
+        p.stem: json.loads(p.read_text()) for p in sorted((cache / "senteval_engine").glob("*.json"))
+    }
     ours = {
         p: json.loads((cache / f"ours_{p}.json").read_text())
         for p in protocols
