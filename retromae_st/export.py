@@ -19,6 +19,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import BertForMaskedLM
 
 from retromae_st.checkpointing import unwrap_model
+from retromae_st.load_report import expected_masked_lm_differences
 from retromae_st.model_location import model_location, naming_hub_failures
 from retromae_st.retromae_loss import RetroMAELoss
 
@@ -47,7 +48,8 @@ def load_cls_model(
         )
     model_name_or_path = os.fspath(model_name_or_path)
     from_hub = model_location(model_name_or_path) == "hub"
-    with naming_hub_failures(model_name_or_path) if from_hub else nullcontext():
+    hub_failures = naming_hub_failures(model_name_or_path) if from_hub else nullcontext()
+    with hub_failures, expected_masked_lm_differences():
         transformer = Transformer(
             model_name_or_path, max_seq_length=max_seq_length, model_kwargs=model_kwargs or None
         )
