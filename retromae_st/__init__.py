@@ -8,6 +8,7 @@ from retromae_st.dupmae_pooling import DupMAEPooling, load_dupmae_model
 from retromae_st.dupmae_search import DupMAERetriever
 from retromae_st.export import load_cls_model, save_as_masked_lm
 from retromae_st.length_grouped_sampler import LengthGroupedBatchSampler
+from retromae_st.packing import PackingStats, pack_corpus
 from retromae_st.retromae_contrastive_loss import RetroMAEContrastiveLoss
 from retromae_st.retromae_loss import RetroMAELoss
 
@@ -22,10 +23,12 @@ __all__ = [
     "EnhancedDecoderLayer",
     "LengthGroupedBatchSampler",
     "LossStateCallback",
+    "PackingStats",
     "RetroMAEContrastiveLoss",
     "RetroMAELoss",
     "last_complete_checkpoint",
     "load_cls_model",
     "load_text_corpus",
+    "pack_corpus",
     "save_as_masked_lm",
 ]
