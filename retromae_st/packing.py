@@ -38,7 +38,9 @@ class PackingStats:
         resplit_blocks: Blocks whose joined text tokenised to more than ``max_seq_length`` tokens and
             were split again (0 for tokenizers that round-trip exactly, see :func:`pack_corpus`).
         retokenised_differently: Blocks whose joined text tokenised to another number of tokens than
-            its lines did one by one (a cut inside a word, or a tokenizer that does not round-trip).
+            its lines did one by one (a tokenizer that does not round-trip).
+        words_cut: Cuts inside a word longer than a block: the tokens after such a cut are those of the
+            rest of the word on its own (e.g. ``ing`` instead of ``##ing``).
         dropped: Rows dropped by :func:`retromae_st.data.clean_text`, by reason.
         cpu_seconds: Process CPU time spent packing (``time.process_time()``, the consumer excluded).
     """
@@ -52,6 +54,7 @@ class PackingStats:
     long_lines: int = 0
     resplit_blocks: int = 0
     retokenised_differently: int = 0
+    words_cut: int = 0
     dropped: DroppedRows = field(default_factory=DroppedRows)
     cpu_seconds: float = 0.0
 
@@ -67,7 +70,7 @@ class PackingStats:
     def reset(self) -> None:
         for name in ("lines", "documents", "blocks", "tokens", "long_lines", "resplit_blocks"):
             setattr(self, name, 0)
-        self.retokenised_differently = 0
+        self.retokenised_differently = self.words_cut = 0
         self.dropped = DroppedRows()
         self.cpu_seconds = 0.0
 
@@ -78,6 +81,8 @@ class PackingStats:
             f"{self.long_lines} lines longer than a block continued over blocks); {self.dropped}; "
             f"{self.cpu_seconds:.1f} CPU s"
         )
+        if self.words_cut:
+            text += f"; {self.words_cut} cuts inside words longer than a block"
         if self.resplit_blocks or self.retokenised_differently:
             text += (
                 f"; {self.retokenised_differently} blocks tokenised differently from their lines, "
@@ -87,11 +92,12 @@ class PackingStats:
 
 
 class _Unit(NamedTuple):
-    """A stretch of one line (a whole line unless the line had to be cut): its text, without leading or
-    trailing spaces, and whether a space separates it from the text before it."""
+    """A stretch of one line (the whole line unless it had to be cut): its text, without leading or
+    trailing spaces, whether a space separates it from the text before it, and whether it starts a line."""
 
     text: str
     space_before: bool
+    starts_line: bool = True
 
 
 class _Tokenization:
@@ -111,6 +117,7 @@ class _Tokenization:
         )
 
     def unit_string(self, unit: _Unit) -> str:
+        """The string a unit is tokenised as: the text the unit adds to a block that it starts."""
         return " " + unit.text if unit.space_before and self.leading_space_matters else unit.text
 
     def block_text(self, units: list[_Unit]) -> str:
@@ -125,29 +132,29 @@ class _Tokenization:
         return self.backend.encode(string, add_special_tokens=False)
 
 
-def _cut(encoding: Encoding, limit: int, within_word: bool) -> int | None:
-    """The largest token index ``i <= limit`` before which the text can be cut: the start of a word of the
-    pre-tokenizer (so that both halves tokenise as before) or, with ``within_word``, failing that, any
-    token that starts at a new character. ``None`` when there is none."""
-    word_ids, offsets = encoding.word_ids, encoding.offsets
+def _cut(
+    word_ids: list[int | None], offsets: list[tuple[int, int]], start: int, limit: int, within_word: bool
+) -> tuple[int, bool] | None:
+    """The largest token index ``start < i <= limit`` before which the text can be cut, and whether it
+    starts a word of the pre-tokenizer (then both halves tokenise as before). Only with ``within_word``,
+    where no word starts in that range, any token that starts at a new character. ``None`` when there is
+    no such index."""
     limit = min(limit, len(word_ids) - 1)
-    for i in range(limit, 0, -1):
+    for i in range(limit, start, -1):
         if word_ids[i] != word_ids[i - 1] and offsets[i][0] >= offsets[i - 1][1]:
-            return i
+            return i, True
     if within_word:
-        for i in range(limit, 0, -1):
-            if offsets[i][0] >= offsets[i - 1][1] and offsets[i][0] > offsets[0][0]:
-                return i
+        for i in range(limit, start, -1):
+            if offsets[i][0] >= offsets[i - 1][1] and offsets[i][0] > offsets[start][0]:
+                return i, False
     return None
 
 
-def _split_unit(unit: _Unit, string: str, char: int) -> tuple[_Unit, _Unit]:
-    """``unit`` cut at ``char``, a position in its tokenised ``string``."""
-    char -= len(string) - len(unit.text)  # the position in unit.text
-    head, tail = unit.text[:char], unit.text[char:]
-    return _Unit(head.rstrip(), unit.space_before), _Unit(
-        tail.lstrip(), tail[:1].isspace() or head[-1:].isspace()
-    )
+def _piece(unit: _Unit, string: str, begin: int, end: int) -> _Unit:
+    """The stretch ``string[begin:end]`` of ``unit`` (tokenised as ``string``) as a unit of its own."""
+    piece = string[begin:end]
+    space_before = unit.space_before if begin == 0 else (piece[:1].isspace() or string[begin - 1].isspace())
+    return _Unit(piece.strip(), space_before, unit.starts_line and begin == 0)
 
 
 class _Packer:
@@ -160,6 +167,7 @@ class _Packer:
         self.block: list[_Unit] = []
         self.used = 0
         self.done: list[tuple[list[_Unit], int]] = []  # (units, their tokens one by one)
+        self.line_tokens = 0
 
     def close_block(self) -> None:
         if self.block:
@@ -167,28 +175,35 @@ class _Packer:
         self.block, self.used = [], 0
 
     def add(self, unit: _Unit, length: int, string: str) -> None:
+        self.count_long_line(unit, length)
         if self.used + length <= self.capacity:
             self.block.append(unit)
             self.used += length
-            return
-        if length <= self.capacity:
+        elif length <= self.capacity and unit.starts_line:
             self.close_block()
             self.block, self.used = [unit], length
-            return
-        self.stats.long_lines += 1
-        self.add_long(unit, string)
+        else:
+            self.add_long(unit, string)
+
+    def count_long_line(self, unit: _Unit, length: int) -> None:
+        previous = 0 if unit.starts_line else self.line_tokens
+        self.line_tokens = previous + length
+        if previous <= self.capacity < self.line_tokens:
+            self.stats.long_lines += 1
 
     def add_long(self, unit: _Unit, string: str) -> None:
-        """A unit longer than a block: the rest of the current block, then as many blocks as it needs, cut
+        """A unit longer than a block (or the next stretch of a line longer than ``max_chars``): the rest of the current block, then as many blocks as it needs, cut
         at word starts where the block allows (inside a word only for a word longer than a block)."""
-        encoding = self.tokenization.encode(string)
+        word_ids, offsets = self.tokenize(string)
+        start = 0  # the first token (and offsets[start]: character) not packed yet
         while True:
             room = self.capacity - self.used
-            if len(encoding) <= room:
-                self.block.append(unit)
-                self.used += len(encoding)
+            begin = offsets[start][0] if start else 0
+            if len(word_ids) - start <= room:
+                self.block.append(_piece(unit, string, begin, len(string)))
+                self.used += len(word_ids) - start
                 return
-            cut = _cut(encoding, room, within_word=not self.block)
+            cut = _cut(word_ids, offsets, start, start + room, within_word=not self.block)
             if cut is None:
                 if not self.block:
                     raise ValueError(
@@ -196,12 +211,22 @@ class _Packer:
                     )
                 self.close_block()
                 continue
-            head, unit = _split_unit(unit, string, encoding.offsets[cut][0])
-            self.block.append(head)
-            self.used += cut
+            index, at_word = cut
+            end = offsets[index][0]
+            self.block.append(_piece(unit, string, begin, end))
+            self.used += index - start
             self.close_block()
-            string = self.tokenization.unit_string(unit)
-            encoding = self.tokenization.encode(string)
+            start = index
+            if not at_word:
+                self.stats.words_cut += 1
+                # Cut inside a word: the rest does not tokenise as it did in the word; tokenise it again.
+                unit = _piece(unit, string, end, len(string))
+                string = self.tokenization.unit_string(unit)
+                (word_ids, offsets), start = self.tokenize(string), 0
+
+    def tokenize(self, string: str) -> tuple[list[int | None], list[tuple[int, int]]]:
+        encoding = self.tokenization.encode(string)
+        return encoding.word_ids, encoding.offsets  # each property access builds a new list
 
     def take(self) -> list[tuple[list[_Unit], int]]:
         done, self.done = self.done, []
@@ -237,8 +262,9 @@ def pack_corpus(
     (``tokenizer(text, add_special_tokens=True)``), has at most ``max_seq_length`` tokens: every block is
     tokenised again to check it, and one that came out longer is cut again. For WordPiece (BERT), byte-level
     BPE (RoBERTa; each line keeps the leading space it tokenises with) and Unigram/Metaspace (XLM-R) the
-    block's tokens are those of its lines, in order; ``PackingStats.retokenised_differently`` counts the
-    blocks where that does not hold (a cut inside a word).
+    block's tokens are those of its lines, in order, except after a cut inside a word longer than a block
+    (``PackingStats.words_cut``); ``PackingStats.retokenised_differently`` counts the blocks of a
+    tokenizer that does not round-trip.
 
     Args:
         corpus: The lines, a ``Dataset`` or a streamed ``IterableDataset`` (packed lazily as it is read).
@@ -277,6 +303,8 @@ def pack_corpus(
         documents = document_column if document_column in corpus.column_names else None
         rows = _dataset_rows(corpus, column, documents, batch_size)
         texts = list(_packed_texts(rows, tokenization, stats, column, batch_size, max_chars))
+        if not texts:
+            raise ValueError(f"column {column!r} has no non-empty text ({stats.dropped})")
         return Dataset.from_dict({"text": texts}, features=features), stats
     if corpus.column_names is not None:
         _check_has_column(corpus.column_names, column)
@@ -380,9 +408,9 @@ def _line_units(line: str, max_chars: int | None) -> Iterator[_Unit]:
         end = line.rfind(" ", start + 1, start + max_chars + 1)
         at_space = end > start
         end = end if at_space else start + max_chars
-        yield _Unit(line[start:end], space_before)
+        yield _Unit(line[start:end], space_before, starts_line=start == 0)
         start, space_before = end + at_space, at_space
-    yield _Unit(line[start:], space_before)
+    yield _Unit(line[start:], space_before, starts_line=False)
 
 
 def _batches(units: Iterator[_Unit | None], batch_size: int) -> Iterator[list[_Unit | None]]:
@@ -448,23 +476,21 @@ def _checked_texts(
     return [text for text, _ in checked]
 
 
-def _split_to_fit(text: str, tokenization: _Tokenization) -> list[tuple[str, int]]:
-    """``text`` cut into pieces that each tokenise to at most ``capacity`` tokens, with their lengths."""
+def _split_to_fit(text: str, tokenization: _Tokenization, depth: int = 0) -> list[tuple[str, int]]:
+    """A block ``text`` that tokenised to more than a block, cut again (as a line longer than a block is)
+    into pieces that each fit, with their lengths."""
+    if depth > 3:
+        raise ValueError(f"cannot cut a text into pieces of {tokenization.capacity} tokens: {text!r:.80}")
+    packer = _Packer(tokenization, PackingStats(max_seq_length=0))
+    unit = _Unit(text.strip(), text[:1].isspace())
+    packer.add_long(unit, tokenization.unit_string(unit))
+    packer.close_block()
+    texts = [tokenization.block_text(units) for units, _ in packer.take()]
     pieces = []
-    unit = _Unit(text.lstrip(), text[:1].isspace())
-    while True:
-        string = tokenization.unit_string(unit)
-        encoding = tokenization.encode(string)
-        if len(encoding) <= tokenization.capacity:
-            pieces.append((string, len(encoding)))
-            return pieces
-        cut = _cut(encoding, tokenization.capacity, within_word=True)
-        if cut is None:
-            raise ValueError(f"cannot cut a text into pieces of {tokenization.capacity} tokens: {text!r:.80}")
-        head, unit = _split_unit(unit, string, encoding.offsets[cut][0])
-        head_string = tokenization.unit_string(head)
-        head_length = len(tokenization.encode(head_string))
-        if head_length > tokenization.capacity:
-            pieces += _split_to_fit(head_string, tokenization)
-        else:
-            pieces.append((head_string, head_length))
+    for piece, length in zip(texts, tokenization.count(texts), strict=True):
+        pieces += (
+            [(piece, length)]
+            if length <= tokenization.capacity
+            else _split_to_fit(piece, tokenization, depth + 1)
+        )
+    return pieces
