@@ -17,6 +17,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
+from retromae_st.model_card import RetroMAEModelCardData
 from retromae_st.vocab_screening import bf16_screening_supported, ordered_top_k, padded_rows, screened_top_k
 
 logger = logging.getLogger(__name__)
@@ -419,6 +420,7 @@ def load_dupmae_model(path: str | os.PathLike, **kwargs) -> SentenceTransformer:
             "this sentence-transformers version cannot resolve DupMAEPooling to the installed class; load the "
             "model with SentenceTransformer(path, trust_remote_code=True) if you trust the folder"
         )
+    kwargs.setdefault("model_card_data", RetroMAEModelCardData())
     return loader(str(path), {DUPMAE_POOLING_REF: DupMAEPooling}, **kwargs)
 
 
