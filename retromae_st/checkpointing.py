@@ -37,6 +37,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from retromae_st.model_card import record_loss_terms
+
 #: Distributed backends whose trainer clipping we leave alone (they shard or own the gradients).
 _OWN_CLIPPING = {
     DistributedType.DEEPSPEED,
@@ -316,6 +318,10 @@ class LossStateCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.sync_gradients()  # when clipping is off
         self._gradients_synced = False
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if model is not None and logs:
+            record_loss_terms(model.model_card_data, state.global_step, logs)
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

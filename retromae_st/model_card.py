@@ -9,7 +9,9 @@ training logs. Two gaps are closed here:
   outside its own package; :class:`RetroMAEModelCardData` writes one that loads this folder (or the hub id
   it is published under), through :func:`retromae_st.load_dupmae_model` for DupMAE;
 - the DupMAE folder is a new model built after training (:func:`retromae_st.build_dupmae_model`), which
-  would start with an empty card: :func:`carried_over_card_data` gives it the training model's card.
+  would start with an empty card: :func:`carried_over_card_data` gives it the training model's card;
+- the training-log table shows only the summed loss: :func:`record_loss_terms` adds each term
+  (``encoder_mlm``, ``decoder_mlm``, ...), called by the losses' trainer callback.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ NOT_CARRIED_OVER = {
     "_cached_dict",
     "version",
 }
+
+#: The terms our losses return (and the trainer logs) that the card's training-log table shows beside the loss.
+LOSS_TERMS = ("encoder_mlm", "decoder_mlm", "bow", "contrastive")
 
 DUPMAE_LOADING_NOTE = (
     "# sentence-transformers 6 loads module classes from outside its own package only with\n"
@@ -126,3 +131,10 @@ def carried_over_card_data(source: SentenceTransformerModelCardData) -> RetroMAE
         value = getattr(source, card_field.name)
         setattr(card, card_field.name, copy.copy(value) if isinstance(value, (list, dict)) else value)
     return card
+
+
+def record_loss_terms(card: SentenceTransformerModelCardData, step: int, logs: dict) -> None:
+    """Adds the logged :data:`LOSS_TERMS` to the card's training-log row of ``step`` (the row
+    sentence-transformers' card callback has just written with the summed loss)."""
+    if card.training_logs and card.training_logs[-1].get("Step") == step:
+        card.training_logs[-1].update({name: logs[name] for name in LOSS_TERMS if name in logs})

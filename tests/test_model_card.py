@@ -58,14 +58,24 @@ def run_usage_snippet(card: str) -> dict:
     return namespace
 
 
-def assert_describes_training(card: str, loss_name: str, bibtex: list[str]) -> None:
+def assert_describes_training(card: str, loss_name: str, bibtex: list[str], terms: list[str]) -> None:
     assert re.search(rf"\* Loss: <code>retromae_st\.[\w.]+\.{loss_name}</code> with these parameters", card)
     for entry in bibtex:
         assert entry in card, entry
     assert "* Size: " in card and "training samples" in card and "* Columns:" in card  # the data
     assert "- `learning_rate`: 0.0003" in card and "- `max_steps`: 2" in card  # the hyperparameters
     logs = card.split("### Training Logs", 1)[1].split("###", 1)[0]
-    assert re.search(r"\|\s*1\s*\|\s*\d+\.\d+", logs) and re.search(r"\|\s*2\s*\|\s*\d+\.\d+", logs)
+    header, _, *rows = [line for line in logs.splitlines() if line.startswith("|")]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == [
+        "Epoch",
+        "Step",
+        "Training Loss",
+        *terms,
+    ]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "2"]
+    assert all(
+        re.fullmatch(r"\d+\.\d+", cell.strip()) for row in rows for cell in row.strip("|").split("|")[2:]
+    )
 
 
 def text_dataset(texts: list[str]) -> Dataset:
@@ -78,7 +88,7 @@ def test_retromae_cls_folder_card(tiny_bert_dir, sample_texts, tmp_path):
     train(model, RetroMAELoss(model), text_dataset(sample_texts), tmp_path / "run")
     model.save(str(tmp_path / "cls"))
     card = read_card(tmp_path / "cls")
-    assert_describes_training(card, "RetroMAELoss", [RETROMAE_BIBTEX])
+    assert_describes_training(card, "RetroMAELoss", [RETROMAE_BIBTEX], ["encoder_mlm", "decoder_mlm"])
     namespace = run_usage_snippet(card)
     assert "SentenceTransformer(" in usage_snippet(card)
     assert namespace["embeddings"].shape == (3, 64)
@@ -96,7 +106,9 @@ def test_dupmae_folder_card_carries_the_training_card_and_loads_with_its_snippet
     dupmae = build_dupmae_model(loss, top_k=8)
     dupmae.save(str(tmp_path / "dupmae"))
     card = read_card(tmp_path / "dupmae")
-    assert_describes_training(card, "DupMAELoss", [DUPMAE_BIBTEX, RETROMAE_BIBTEX])
+    assert_describes_training(
+        card, "DupMAELoss", [DUPMAE_BIBTEX, RETROMAE_BIBTEX], ["encoder_mlm", "decoder_mlm", "bow"]
+    )
     assert card.count(DUPMAE_BIBTEX) == 1
     assert "load_dupmae_model(" in usage_snippet(card)
     namespace = run_usage_snippet(card)
@@ -125,7 +137,12 @@ def test_stage2_folder_card(tiny_bert_dir, sample_texts, tmp_path):
     train(model, loss, datasets, tmp_path / "run", dataloader_drop_last=True)
     model.save(str(tmp_path / "stage2"))
     card = read_card(tmp_path / "stage2")
-    assert_describes_training(card, "RetroMAEContrastiveLoss", [UNIFIED_BIBTEX, RETROMAE_BIBTEX])
+    assert_describes_training(
+        card,
+        "RetroMAEContrastiveLoss",
+        [UNIFIED_BIBTEX, RETROMAE_BIBTEX],
+        ["encoder_mlm", "decoder_mlm", "contrastive"],
+    )
     assert "#### msmarco" in card and "#### nli" in card
     namespace = run_usage_snippet(card)
     embeddings = [value for name, value in namespace.items() if name.endswith("embeddings")]
@@ -143,7 +160,7 @@ def test_pretrain_writes_a_card_into_final(tiny_bert_dir, tmp_path):
         learning_rate=3e-4,
     )
     card = read_card(Path(result.sentence_transformer_dir))
-    assert_describes_training(card, "RetroMAELoss", [RETROMAE_BIBTEX])
+    assert_describes_training(card, "RetroMAELoss", [RETROMAE_BIBTEX], ["encoder_mlm", "decoder_mlm"])
     assert run_usage_snippet(card)["embeddings"].shape == (3, 64)
 
 
