@@ -10,6 +10,8 @@ training logs. Two gaps are closed here:
   it is published under), through :func:`retromae_st.load_dupmae_model` for DupMAE;
 - the DupMAE folder is a new model built after training (:func:`retromae_st.build_dupmae_model`), which
   would start with an empty card: :func:`carried_over_card_data` gives it the training model's card;
+- a corpus read from files is streamed and has no name sentence-transformers could show (it says
+  "generator"): :func:`name_training_data` names it by its files;
 - the training-log table shows only the summed loss: :func:`record_loss_terms` adds each term
   (``encoder_mlm``, ``decoder_mlm``, ...), called by the losses' trainer callback.
 """
@@ -17,6 +19,8 @@ training logs. Two gaps are closed here:
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Sequence
 from dataclasses import fields
 
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
@@ -138,3 +142,16 @@ def record_loss_terms(card: SentenceTransformerModelCardData, step: int, logs: d
     sentence-transformers' card callback has just written with the summed loss)."""
     if card.training_logs and card.training_logs[-1].get("Step") == step:
         card.training_logs[-1].update({name: logs[name] for name in LOSS_TERMS if name in logs})
+
+
+def name_training_data(model, corpus: str | os.PathLike | Sequence[str | os.PathLike] | object) -> None:
+    """Names the training data in ``model``'s card by the corpus files (or glob patterns / folders) it is read
+    from; call before the trainer is built. Anything else (a ``Dataset``) keeps the name sentence-transformers
+    infers for it."""
+    sources = [corpus] if isinstance(corpus, (str, os.PathLike)) else corpus
+    if not isinstance(sources, Sequence) or not sources:
+        return
+    if not all(isinstance(source, (str, os.PathLike)) for source in sources):
+        return
+    names = [os.path.basename(os.fspath(source).rstrip("/\\")) for source in sources]
+    model.model_card_data.train_datasets = [{"name": ", ".join(names)}]

@@ -19,7 +19,7 @@ from retromae_st import (
     load_dupmae_model,
 )
 from retromae_st.data import prepare_text_dataset
-from retromae_st.model_card import RetroMAEModelCardData
+from retromae_st.model_card import RetroMAEModelCardData, name_training_data
 from retromae_st.pretraining import pretrain
 from tests.conftest import SAMPLE_CORPUS
 
@@ -58,11 +58,14 @@ def run_usage_snippet(card: str) -> dict:
     return namespace
 
 
-def assert_describes_training(card: str, loss_name: str, bibtex: list[str], terms: list[str]) -> None:
+def assert_describes_training(
+    card: str, loss_name: str, bibtex: list[str], terms: list[str], data_name: str = "Unnamed Dataset"
+) -> None:
     assert re.search(rf"\* Loss: <code>retromae_st\.[\w.]+\.{loss_name}</code> with these parameters", card)
     for entry in bibtex:
         assert entry in card, entry
-    assert "* Size: " in card and "training samples" in card and "* Columns:" in card  # the data
+    data = card.split("### Training Dataset", 1)[1].split("### Training Hyperparameters", 1)[0]
+    assert f"#### {data_name}" in data and "* Columns: <code>" in data  # the data
     assert "- `learning_rate`: 0.0003" in card and "- `max_steps`: 2" in card  # the hyperparameters
     logs = card.split("### Training Logs", 1)[1].split("###", 1)[0]
     header, _, *rows = [line for line in logs.splitlines() if line.startswith("|")]
@@ -89,6 +92,7 @@ def test_retromae_cls_folder_card(tiny_bert_dir, sample_texts, tmp_path):
     model.save(str(tmp_path / "cls"))
     card = read_card(tmp_path / "cls")
     assert_describes_training(card, "RetroMAELoss", [RETROMAE_BIBTEX], ["encoder_mlm", "decoder_mlm"])
+    assert "* Size: 16 training samples" in card
     namespace = run_usage_snippet(card)
     assert "SentenceTransformer(" in usage_snippet(card)
     assert namespace["embeddings"].shape == (3, 64)
@@ -109,7 +113,7 @@ def test_dupmae_folder_card_carries_the_training_card_and_loads_with_its_snippet
     assert_describes_training(
         card, "DupMAELoss", [DUPMAE_BIBTEX, RETROMAE_BIBTEX], ["encoder_mlm", "decoder_mlm", "bow"]
     )
-    assert card.count(DUPMAE_BIBTEX) == 1
+    assert card.count(DUPMAE_BIBTEX) == 1 and "* Size: 16 training samples" in card
     assert "load_dupmae_model(" in usage_snippet(card)
     namespace = run_usage_snippet(card)
     assert namespace["embeddings"].shape == (3, dupmae.get_embedding_dimension())
@@ -142,8 +146,9 @@ def test_stage2_folder_card(tiny_bert_dir, sample_texts, tmp_path):
         "RetroMAEContrastiveLoss",
         [UNIFIED_BIBTEX, RETROMAE_BIBTEX],
         ["encoder_mlm", "decoder_mlm", "contrastive"],
+        data_name="msmarco",
     )
-    assert "#### msmarco" in card and "#### nli" in card
+    assert "#### nli" in card and card.count("* Size: 16 training samples") == 2
     namespace = run_usage_snippet(card)
     embeddings = [value for name, value in namespace.items() if name.endswith("embeddings")]
     assert embeddings and all(value.shape[-1] == 64 for value in embeddings)
@@ -160,7 +165,9 @@ def test_pretrain_writes_a_card_into_final(tiny_bert_dir, tmp_path):
         learning_rate=3e-4,
     )
     card = read_card(Path(result.sentence_transformer_dir))
-    assert_describes_training(card, "RetroMAELoss", [RETROMAE_BIBTEX], ["encoder_mlm", "decoder_mlm"])
+    assert_describes_training(
+        card, "RetroMAELoss", [RETROMAE_BIBTEX], ["encoder_mlm", "decoder_mlm"], data_name=SAMPLE_CORPUS.name
+    )
     assert run_usage_snippet(card)["embeddings"].shape == (3, 64)
 
 
@@ -172,3 +179,13 @@ def test_a_reloaded_dupmae_folder_keeps_the_working_snippet_when_saved_again(tin
     reloaded.save(str(tmp_path / "again"))
     namespace = run_usage_snippet(read_card(tmp_path / "again"))
     assert namespace["embeddings"].shape == (3, reloaded.get_embedding_dimension())
+
+
+def test_training_data_is_named_by_its_files(tiny_model):
+    name_training_data(tiny_model, ["data/part-000.txt", Path("more/part-001.jsonl"), "wiki_folder/"])
+    assert tiny_model.model_card_data.train_datasets == [
+        {"name": "part-000.txt, part-001.jsonl, wiki_folder"}
+    ]
+    tiny_model.model_card_data.train_datasets = []
+    name_training_data(tiny_model, Dataset.from_dict({"text": ["a"]}))
+    assert tiny_model.model_card_data.train_datasets == []
