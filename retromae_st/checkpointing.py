@@ -286,7 +286,8 @@ class LossStateCallback(TrainerCallback):
     their gradients are averaged over ranks (DDP wraps only the model) and ``max_grad_norm`` clips the
     model's and the loss's gradients *together*, by their joint norm, as the authors' Trainer did with
     encoder and decoder in one module (the sentence-transformers trainer clips ``model.parameters()``
-    only). Under DeepSpeed, FSDP, XLA or Megatron the trainer's own clipping is left as it is.
+    only). Under DeepSpeed, FSDP, XLA or Megatron the trainer's own clipping is left as it is. Each logged
+    loss term also goes into the model card's training-log table (:func:`retromae_st.model_card.record_loss_terms`).
     """
 
     def __init__(self, trainer: Trainer) -> None:

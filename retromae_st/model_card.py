@@ -2,7 +2,7 @@
 
 sentence-transformers writes ``README.md`` on every ``model.save`` and trainer checkpoint, and its trainer's card
 callback already fills in the losses (with their ``citation``), the training data, the hyperparameters and the
-training logs. Two gaps are closed here:
+training logs. The gaps closed here:
 
 - the usage snippet: the stock one loads ``"sentence_transformers_model_id"`` (a placeholder) and, for a
   DupMAE folder, plain ``SentenceTransformer(path)``, which sentence-transformers 6 refuses for a module class
@@ -144,7 +144,7 @@ def record_loss_terms(card: SentenceTransformerModelCardData, step: int, logs: d
         card.training_logs[-1].update({name: logs[name] for name in LOSS_TERMS if name in logs})
 
 
-def name_training_data(model, corpus: str | os.PathLike | Sequence[str | os.PathLike] | object) -> None:
+def name_training_data(model, corpus: object) -> None:
     """Names the training data in ``model``'s card by the corpus files (or glob patterns / folders) it is read
     from; call before the trainer is built. Anything else (a ``Dataset``) keeps the name sentence-transformers
     infers for it."""
