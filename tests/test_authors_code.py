@@ -1,0 +1,248 @@
+"""The golden test: RetroMAELoss and DupMAELoss against the authors' own code.
+
+``tests/data/authors_golden.{json,safetensors}`` holds what the authors' ``RetroMAECollator`` /
+``DupMAECollator`` and ``RetroMAEForPretraining`` / ``DupMAEForPretraining`` (staoxiao/RetroMAE at
+ee375876a5e571617e37dd43450decc7865e2a07, transformers 4.46.3, eval mode) produced on 8 real texts and a
+seeded tiny BERT: the collator outputs, the weights, every loss term, the gradients. It is written by
+``benchmarks/authors_golden.py`` (see there, and docs/faithfulness.md, for how to regenerate it). Here
+our losses get the same weights (the authors' decoder parameter names mapped onto
+:class:`retromae_st.decoder.EnhancedDecoderLayer`) and the same masks, in eval mode, and every term and
+gradient must agree within ``RTOL`` relative.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from benchmarks.authors_golden import (
+    GROUPS,
+    REGENERATED,
+    gradient_sketch,
+    seeded_weight,
+    tensor_sha256,
+)
+from retromae_st import DupMAELoss, RetroMAELoss, load_cls_model
+from retromae_st.masking import RetroMAEMasks
+
+FIXTURE = Path(__file__).parent / "data" / "authors_golden"
+RTOL = 1e-5
+#: The authors' ``BertLayerForDecoder`` submodules and ours (``EnhancedDecoderLayer``).
+DECODER_MODULES = {
+    "attention.self.query": "query",
+    "attention.self.key": "key",
+    "attention.self.value": "value",
+    "attention.output.dense": "attention_output",
+    "attention.output.LayerNorm": "attention_norm",
+    "intermediate.dense": "intermediate",
+    "output.dense": "output",
+    "output.LayerNorm": "output_norm",
+}
+LOSSES = {"retromae": RetroMAELoss, "dupmae": DupMAELoss}
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    meta = json.loads(FIXTURE.with_suffix(".json").read_text(encoding="utf-8"))
+    meta["tensors"] = load_file(str(FIXTURE.with_suffix(".safetensors")))
+    return meta
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory, golden, tokenizer) -> Path:
+    """A BertModel folder of the fixture's shape with the MiniLM tokenizer (weights are set per test)."""
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("golden_bert")
+    BertModel(BertConfig(**golden["config"])).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def authors_weight(golden: dict, name: str) -> torch.Tensor:
+    if name in REGENERATED:
+        record = golden["regenerated"][name]
+        value = seeded_weight(name, tuple(record["shape"]))
+        assert tensor_sha256(value) == record["sha256"], f"{name} rebuilt differently from the fixture's"
+        return value
+    return golden["tensors"][f"weights/{name}"]
+
+
+def our_parameter(loss: RetroMAELoss, authors_name: str) -> torch.nn.Parameter:
+    """Our parameter that plays the role of the authors' ``bert.*`` / ``cls.*`` / ``c_head.*`` one."""
+    group, _, rest = authors_name.partition(".")
+    if group == "bert":
+        return loss.transformer.auto_model.get_parameter(rest)
+    if group == "cls":
+        return loss.mlm_head.get_parameter(rest)
+    module, _, leaf = rest.rpartition(".")
+    return loss.decoder.get_parameter(f"{DECODER_MODULES[module]}.{leaf}")
+
+
+def build_loss(method: str, golden: dict, directory: Path, **options) -> tuple[RetroMAELoss, dict]:
+    """Our loss on the fixture's weights, in eval mode; returns it and ``{authors name: our parameter}``."""
+    model = load_cls_model(str(directory), max_seq_length=golden["max_seq_length"])
+    loss = LOSSES[method](
+        model,
+        encoder_mask_ratio=golden["encoder_mlm_probability"],
+        decoder_mask_ratio=golden["decoder_mlm_probability"],
+        **({"bow_loss_weight": golden["bow_loss_weight"]} if method == "dupmae" else {}),
+        **options,
+    )
+    names = list(golden["methods"][method]["parameter_norms"])
+    parameters = {name: our_parameter(loss, name) for name in names}
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(authors_weight(golden, name))
+    # The mapping covers every parameter of our loss once (the tied projection is the embeddings), but the
+    # BertModel's pooler, which BertForMaskedLM does not have and no term uses.
+    mapped = set(map(id, parameters.values()))
+    assert len(mapped) == len(parameters)
+    unmapped = [name for name, p in loss.named_parameters() if id(p) not in mapped]
+    assert unmapped and all(".pooler." in name for name in unmapped), unmapped
+    loss.eval()
+    return loss, parameters
+
+
+def authors_batch(golden: dict, method: str) -> tuple[dict[str, torch.Tensor], RetroMAEMasks]:
+    """Our features and masks from the authors' collator outputs."""
+    tensors = golden["tensors"]
+    attention = tensors[f"{method}/encoder_attention_mask"]
+    input_ids = tensors[f"{method}/decoder_input_ids"]
+    features = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "token_type_ids": torch.zeros_like(input_ids),
+    }
+    visible = tensors[f"{method}/decoder_attention_mask"].bool()
+    # The authors' padding rows are all hidden (a uniform softmax over every key under their additive mask)
+    # and carry no label; SDPA needs one visible key per row, so they are shown [CLS], as ours are.
+    visible[:, :, 0] |= ~attention.bool()
+    masks = RetroMAEMasks(
+        tensors[f"{method}/encoder_input_ids"],
+        tensors[f"{method}/encoder_labels"],
+        tensors[f"{method}/decoder_labels"],
+        visible,
+    )
+    return features, masks
+
+
+def terms_and_gradients(
+    loss, parameters, features, masks
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    loss.zero_grad(set_to_none=True)
+    terms = loss.compute_loss_terms(features, masks)
+    sum(terms.values()).backward()
+    gradients = {
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+        for name, p in parameters.items()
+    }
+    return {name: value.item() for name, value in terms.items()}, gradients
+
+
+def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    ours, theirs = ours.double(), theirs.double()
+    return ((ours - theirs).norm() / theirs.norm().clamp(min=1e-30)).item()
+
+
+def mismatches(method: str, golden: dict, terms: dict, gradients: dict) -> list[str]:
+    """Every disagreement with the authors' record beyond ``RTOL``, described; empty when all agree."""
+    record, tensors = golden["methods"][method], golden["tensors"]
+    problems = []
+    expected_terms = {name: record["terms"][name] for name in terms}
+    for name, value in terms.items():
+        if abs(value - expected_terms[name]) > RTOL * abs(expected_terms[name]):
+            problems.append(f"term {name}: ours {value:.8g}, authors {expected_terms[name]:.8g}")
+    total = sum(terms.values())
+    if abs(total - record["loss"]) > RTOL * abs(record["loss"]):
+        problems.append(f"total loss: ours {total:.8g}, authors {record['loss']:.8g}")
+
+    squares = dict.fromkeys(GROUPS, 0.0)
+    for name, gradient in gradients.items():
+        group = next(group for group, prefix in GROUPS.items() if name.startswith(prefix))
+        squares[group] += gradient.double().norm().item() ** 2
+    for group, value in squares.items():
+        expected = record["group_norms"][group]
+        if abs(value**0.5 - expected) > RTOL * expected:
+            problems.append(f"{group} gradient norm: ours {value**0.5:.8g}, authors {expected:.8g}")
+
+    for name, gradient in gradients.items():
+        group_norm = record["group_norms"][next(g for g, prefix in GROUPS.items() if name.startswith(prefix))]
+        expected_norm = record["parameter_norms"][name]
+        # Gradients that vanish in exact arithmetic (the attention key biases: a softmax ignores a shift) are
+        # float noise on both sides: their scale is the group's, not their own.
+        scale = max(expected_norm, 1e-3 * group_norm)
+        if abs(gradient.double().norm().item() - expected_norm) > RTOL * scale:
+            problems.append(
+                f"gradient norm of {name}: ours {gradient.norm():.8g}, authors {expected_norm:.8g}"
+            )
+        if f"{method}/grad/{name}" in tensors:
+            theirs = tensors[f"{method}/grad/{name}"]
+            error = (gradient.double() - theirs.double()).norm().item()
+        else:
+            theirs = tensors[f"{method}/grad_sketch/{name}"]
+            # ||R e|| / ||R g|| estimates ||e|| / ||g|| (see gradient_sketch).
+            error = (gradient_sketch(gradient) - theirs).norm().item() * expected_norm / theirs.norm().item()
+        if error > RTOL * scale:
+            problems.append(f"gradient of {name}: relative difference {error / scale:.3g}")
+    return problems
+
+
+@pytest.mark.parametrize("method", ["retromae", "dupmae"])
+def test_same_terms_and_gradients_as_the_authors_code(method, golden, tiny_bert_dir):
+    loss, parameters = build_loss(method, golden, tiny_bert_dir)
+    features, masks = authors_batch(golden, method)
+    terms, gradients = terms_and_gradients(loss, parameters, features, masks)
+    expected_names = {"encoder_mlm", "decoder_mlm"} | ({"bow"} if method == "dupmae" else set())
+    assert set(terms) == expected_names
+    assert mismatches(method, golden, terms, gradients) == []
+    assert all(p.grad is None for name, p in loss.named_parameters() if ".pooler." in name)
+
+
+def test_fixture_covers_the_cases_it_is_for(golden, tokenizer):
+    """8 real texts with [UNK], multi-piece words and truncation; the collators really masked [UNK] words."""
+    token_ids = golden["token_ids"]
+    limit = golden["max_seq_length"] - 2
+    assert len(token_ids) == 8
+    assert sum(tokenizer.unk_token_id in ids for ids in token_ids) >= 3
+    assert sum(len(ids) > limit for ids in token_ids) >= 2
+    assert any(tokenizer.convert_ids_to_tokens(i).startswith("##") for ids in token_ids for i in ids)
+    assert tokenizer(golden["texts"], add_special_tokens=False)["input_ids"] == token_ids
+    labels = golden["tensors"]["retromae/decoder_labels"]
+    assert (labels == tokenizer.unk_token_id).sum() >= 4  # the authors' decoder predicts [UNK]
+
+
+def test_our_tokenisation_gives_the_authors_batch(golden, tiny_bert_dir):
+    """ST's tokenisation at max_seq_length gives the collator's input ids: truncation agrees."""
+    model = load_cls_model(str(tiny_bert_dir), max_seq_length=golden["max_seq_length"])
+    features = model.preprocess(golden["texts"])
+    for method in LOSSES:
+        tensors = golden["tensors"]
+        width = tensors[f"{method}/decoder_input_ids"].size(1)
+        assert torch.equal(features["input_ids"][:, :width], tensors[f"{method}/decoder_input_ids"])
+        assert torch.equal(features["attention_mask"][:, :width], tensors[f"{method}/encoder_attention_mask"])
+
+
+def test_comparison_notices_a_changed_decoder_mask_or_labels(golden, tiny_bert_dir, tokenizer):
+    """The check can fail: one decoder visibility flipped, or [UNK] dropped from the decoder's labels
+    (our earlier rule), moves the decoder term off the authors' by more than RTOL."""
+    loss, _ = build_loss("retromae", golden, tiny_bert_dir)
+    features, masks = authors_batch(golden, "retromae")
+    flipped = masks.decoder_visible.clone()
+    flipped[0, 3, 1] = ~flipped[0, 3, 1]
+    without_unk = masks.decoder_labels.masked_fill(masks.decoder_labels == tokenizer.unk_token_id, -100)
+    expected = golden["methods"]["retromae"]["terms"]["decoder_mlm"]
+    with torch.no_grad():
+        assert loss.compute_loss_terms(features, masks)["decoder_mlm"].item() == pytest.approx(
+            expected, rel=RTOL
+        )
+        for changed in (
+            RetroMAEMasks(masks.encoder_input_ids, masks.encoder_labels, masks.decoder_labels, flipped),
+            RetroMAEMasks(masks.encoder_input_ids, masks.encoder_labels, without_unk, masks.decoder_visible),
+        ):
+            value = loss.compute_loss_terms(features, changed)["decoder_mlm"].item()
+            assert value != pytest.approx(expected, rel=RTOL)
