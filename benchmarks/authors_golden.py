@@ -5,11 +5,14 @@ Runs the authors' ``RetroMAECollator`` / ``DupMAECollator`` and ``RetroMAEForPre
 ``src/pretrain/``) unmodified, in eval mode (no dropout), under transformers 4.46.3, on a seeded 2-layer
 64-wide ``BertForMaskedLM`` with all-MiniLM-L6-v2's uncased WordPiece vocabulary and 8 lines of
 ``shared/data/corpus/corpus.txt`` (4 with ``[UNK]``, multi-piece words, 3 cut at ``max_seq_length``).
-It writes ``tests/data/authors_golden.safetensors`` + ``tests/data/authors_golden.json`` (data only, no
-code of theirs): the token ids, both collators' outputs, the weights, every loss term, per-group and
-per-parameter gradient norms, full gradients of every 1-D parameter but the vocabulary bias and a
-16-number sketch of every other gradient. ``tests/test_authors_code.py`` feeds the same masks and weights to ``RetroMAELoss`` and
-``DupMAELoss`` (in our venv, without their code) and compares.
+It writes ``tests/data/authors_golden.safetensors`` + ``tests/data/authors_golden.json`` (about 0.55 MB,
+data only, no code of theirs): the token ids, both collators' outputs (encoder input ids and labels,
+decoder input ids, labels and ``(B, L, L)`` attention, DupMAE's bag-of-words target, sparse), the weights,
+every loss term, per-group and per-parameter gradient norms, full gradients of every 1-D parameter but
+the vocabulary bias, a 16-number sketch of every other gradient (:func:`gradient_sketch`), and how
+``RetroMAECollator`` masks these texts over 2000 more draws (:func:`collator_statistics`).
+``tests/test_authors_code.py`` feeds the same masks and weights to ``RetroMAELoss`` and ``DupMAELoss``
+(in our venv, without their code) and compares, and compares our masks' statistics with theirs.
 
 The two vocabulary-sized tensors (word embeddings, 7.8 MB, and the output bias) are not stored: they are
 :func:`pseudo_random` (integer arithmetic, the same on every platform and torch version), and the JSON
@@ -17,8 +20,8 @@ records their SHA-256 so the test knows it rebuilt the same weights.
 
 Their code never enters this repository: it is checked out elsewhere and put on ``PYTHONPATH``. Their
 methods are called as they are; the individual loss terms are read by wrapping the instance's
-``mlm_loss`` / ``decoder_mlm_loss`` / ``decoder_ot_loss`` / ``lm`` calls, which records their return
-values and changes nothing.
+``mlm_loss`` / ``decoder_mlm_loss`` / ``decoder_ot_loss`` methods and by a forward hook on ``lm``, which
+record return values and change nothing.
 
 Regenerate the fixture (from the repository root; the authors' venv and checkout live outside it)::
 
@@ -91,6 +94,9 @@ REGENERATED = ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias")
 #: Parameter-name prefixes of the three groups (the authors' module names).
 GROUPS = {"encoder": "bert.", "head": "cls.", "decoder": "c_head."}
 SKETCH_SIZE = 16
+#: Collator draws summarised for the statistical comparison of the masks (their own random stream).
+STATISTICS_DRAWS = 2000
+STATISTICS_SEED = 99
 WEIGHT_SCALE = 0.2
 
 
@@ -252,6 +258,51 @@ def gradient_records(method: str, parameters: dict[str, torch.nn.Parameter]) -> 
     return tensors, summary
 
 
+def collator_statistics(collator, examples, mask_token_id: int) -> dict[str, torch.Tensor]:
+    """How the authors' collator masks these examples over ``STATISTICS_DRAWS`` draws, per position:
+    the encoder's label rate, per row the mean and variance of its number of labels, the share of labels
+    shown as ``[MASK]`` / as themselves, and the decoder's rate of hiding key ``j`` from query ``i``
+    (plus the mean and variance of the number of hidden keys of every query row)."""
+    random.seed(STATISTICS_SEED)
+    torch.manual_seed(STATISTICS_SEED)
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0) + value.double()
+
+    for _ in range(STATISTICS_DRAWS):
+        batch = collator(examples)
+        real = batch["encoder_attention_mask"].bool()
+        labelled = batch["encoder_labels"] != -100
+        hidden = ~batch["decoder_attention_mask"].bool() & real[:, :, None] & real[:, None, :]
+        add("encoder_label_rate", labelled)
+        add("encoder_labels_per_row_mean", labelled.sum(1))
+        add("encoder_labels_per_row_square", labelled.sum(1) ** 2)
+        add("labels_shown_as_mask", (labelled & (batch["encoder_input_ids"] == mask_token_id)).sum())
+        add(
+            "labels_shown_as_themselves",
+            (labelled & (batch["encoder_input_ids"] == batch["decoder_input_ids"])).sum(),
+        )
+        add("labels", labelled.sum())
+        add("decoder_hidden_rate", hidden)
+        add("decoder_hidden_per_row_mean", hidden.sum(2))
+        add("decoder_hidden_per_row_square", hidden.sum(2) ** 2)
+    mean = {name: value / STATISTICS_DRAWS for name, value in sums.items()}
+    statistics = {
+        "encoder_label_rate": mean["encoder_label_rate"],
+        "encoder_labels_per_row_mean": mean["encoder_labels_per_row_mean"],
+        "encoder_labels_per_row_var": mean["encoder_labels_per_row_square"]
+        - mean["encoder_labels_per_row_mean"] ** 2,
+        "share_shown_as_mask": sums["labels_shown_as_mask"] / sums["labels"],
+        "share_shown_as_themselves": sums["labels_shown_as_themselves"] / sums["labels"],
+        "decoder_hidden_rate": mean["decoder_hidden_rate"],
+        "decoder_hidden_per_row_mean": mean["decoder_hidden_per_row_mean"],
+        "decoder_hidden_per_row_var": mean["decoder_hidden_per_row_square"]
+        - mean["decoder_hidden_per_row_mean"] ** 2,
+    }
+    return {f"statistics/{name}": value.float().reshape(value.shape) for name, value in statistics.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--authors-src", type=Path, default=Path("/work/authors-RetroMAE/src"))
@@ -326,6 +377,15 @@ def main() -> None:
                 tensors[f"weights/{name}"] = parameter.detach().clone().contiguous()
             else:
                 torch.testing.assert_close(parameter, tensors[f"weights/{name}"], rtol=0, atol=0)
+
+    retromae_collator = RetroMAECollator(
+        tokenizer,
+        encoder_mlm_probability=ENCODER_MLM_PROBABILITY,
+        decoder_mlm_probability=DECODER_MLM_PROBABILITY,
+        max_seq_length=MAX_SEQ_LENGTH,
+    )
+    tensors.update(collator_statistics(retromae_collator, examples, tokenizer.mask_token_id))
+    meta["statistics"] = {"draws": STATISTICS_DRAWS, "seed": STATISTICS_SEED}
 
     options.output.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(options.output.with_suffix(".safetensors")))

@@ -276,3 +276,78 @@ def test_gradient_sketch_measures_the_relative_error(error_kind):
     sketch = gradient_sketch(gradient)
     estimate = (gradient_sketch(gradient + error) - sketch).norm() / sketch.norm()
     assert 1e-5 < estimate.item() < 1e-4  # the true relative error is 3e-5
+
+
+def our_mask_statistics(
+    loss, features: dict[str, torch.Tensor], draws: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """The statistics of ``benchmarks.authors_golden.collator_statistics`` for our masks: ``draws`` copies
+    of the batch masked at once."""
+    batch = features["input_ids"].size(0)
+    replicated = {name: value.repeat(draws, 1) for name, value in features.items()}
+    masks = loss.make_masks(replicated, generator=torch.Generator().manual_seed(seed))
+    real = replicated["attention_mask"].bool()
+    labelled = (masks.encoder_labels != -100).view(draws, batch, -1)
+    shown = masks.encoder_input_ids.view(draws, batch, -1)
+    hidden = (~masks.decoder_visible & real[:, :, None] & real[:, None, :]).view(
+        draws, batch, *real.shape[1:], -1
+    )
+    labels_per_row = labelled.sum(2).double()
+    hidden_per_row = hidden.sum(3).double()
+    return {
+        "encoder_label_rate": labelled.double().mean(0),
+        "encoder_labels_per_row_mean": labels_per_row.mean(0),
+        "encoder_labels_per_row_var": labels_per_row.var(0, correction=0),
+        "share_shown_as_mask": (labelled & (shown == loss.mask_token_id)).sum() / labelled.sum(),
+        "share_shown_as_themselves": (labelled & (shown == features["input_ids"][None])).sum()
+        / labelled.sum(),
+        "decoder_hidden_rate": hidden.double().mean(0),
+        "decoder_hidden_per_row_mean": hidden_per_row.mean(0),
+        "decoder_hidden_per_row_var": hidden_per_row.var(0, correction=0),
+    }
+
+
+def statistical_mismatches(
+    ours: dict, theirs: dict, draws: int, their_draws: int, sigmas: float = 5.0
+) -> list[str]:
+    """Cells where our rate or mean differs from the authors' by more than ``sigmas`` standard errors."""
+    problems = []
+    for name in ("encoder_label_rate", "decoder_hidden_rate"):
+        p, q = ours[name], theirs[name].double()
+        pooled = (p * draws + q * their_draws) / (draws + their_draws)
+        error = (pooled * (1 - pooled) * (1 / draws + 1 / their_draws)).sqrt()
+        bad = (p - q).abs() > sigmas * error + 1e-9
+        problems += [
+            f"{name}{tuple(i)}: ours {p[tuple(i)]:.4f}, authors {q[tuple(i)]:.4f}"
+            for i in bad.nonzero().tolist()
+        ]
+    for name in ("encoder_labels_per_row", "decoder_hidden_per_row"):
+        p, q = ours[f"{name}_mean"], theirs[f"{name}_mean"].double()
+        error = (ours[f"{name}_var"] / draws + theirs[f"{name}_var"].double() / their_draws).sqrt()
+        bad = (p - q).abs() > sigmas * error + 1e-9
+        problems += [
+            f"{name}{tuple(i)}: ours {p[tuple(i)]:.4f}, authors {q[tuple(i)]:.4f}"
+            for i in bad.nonzero().tolist()
+        ]
+    labels = float(theirs["encoder_labels_per_row_mean"].sum()) * their_draws
+    for name, share in (("share_shown_as_mask", 0.8), ("share_shown_as_themselves", 0.1)):
+        error = (share * (1 - share) / labels) ** 0.5 * 2**0.5
+        if abs(float(ours[name]) - float(theirs[name])) > sigmas * error:
+            problems.append(f"{name}: ours {float(ours[name]):.4f}, authors {float(theirs[name]):.4f}")
+    return problems
+
+
+def test_our_masks_are_distributed_as_the_authors_collator_makes_them(golden, tiny_bert_dir):
+    """Our masks on the fixture's texts ([UNK] included) against 2000 draws of the authors' real
+    RetroMAECollator: per-position encoder label rates, labels per row, the 80/10/10 shares, and the rate at
+    which the decoder hides each key from each query, all within 5 standard errors."""
+    loss, _ = build_loss("retromae", golden, tiny_bert_dir)
+    features, _ = authors_batch(golden, "retromae")
+    theirs = {
+        name.removeprefix("statistics/"): value
+        for name, value in golden["tensors"].items()
+        if name.startswith("statistics/")
+    }
+    draws = 2000
+    ours = our_mask_statistics(loss, features, draws, seed=5)
+    assert statistical_mismatches(ours, theirs, draws, golden["statistics"]["draws"]) == []
