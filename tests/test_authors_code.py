@@ -27,6 +27,7 @@ from benchmarks.authors_golden import (
     tensor_sha256,
 )
 from retromae_st import DupMAELoss, RetroMAELoss, load_cls_model
+from retromae_st.dupmae_loss import bag_of_words_target, bag_of_words_tokens, ordinary_token_mask
 from retromae_st.masking import RetroMAEMasks
 
 FIXTURE = Path(__file__).parent / "data" / "authors_golden"
@@ -216,6 +217,37 @@ def test_same_terms_and_gradients_as_the_authors_code(method, golden, tiny_bert_
     assert all(p.grad is None for name, p in loss.named_parameters() if ".pooler." in name)
 
 
+@pytest.mark.parametrize("method", ["retromae", "dupmae"])
+def test_our_decoder_labels_are_the_authors_collators(method, golden, tiny_bert_dir):
+    """The decoder's labels are deterministic: every position but the first and last of a row, [UNK] included."""
+    loss, _ = build_loss(method, golden, tiny_bert_dir)
+    features, _ = authors_batch(golden, method)
+    masks = loss.make_masks(features, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(masks.decoder_labels, golden["tensors"][f"{method}/decoder_labels"])
+
+
+def test_our_bag_of_words_target_and_pool_are_the_authors(golden, tiny_bert_dir):
+    """DupMAE's BoW target equals the authors' collator's ``bag_word_weight`` exactly ([UNK] counted, 1/n
+    assigned once per distinct token), and the OT max-pool reads what their ``ot_embedding`` reads: the
+    real positions 1..L-1, [SEP] included."""
+    loss, _ = build_loss("dupmae", golden, tiny_bert_dir)
+    features, _ = authors_batch(golden, "dupmae")
+    input_ids, attention = features["input_ids"], features["attention_mask"]
+    tensors = golden["tensors"]
+    theirs = torch.zeros(input_ids.size(0), loss.head_vocab_size)
+    rows, columns = tensors["dupmae/bag_word_weight_index"]
+    theirs[rows, columns] = tensors["dupmae/bag_word_weight_value"]
+    counted = bag_of_words_tokens(input_ids, attention, loss.special_tokens, loss.token_rules)
+    assert torch.equal(bag_of_words_target(input_ids, counted, loss.head_vocab_size), theirs)
+    their_pool = (
+        attention.bool().clone()
+    )  # their ot_embedding: logits[:, 1:] under encoder_attention_mask[:, 1:]
+    their_pool[:, 0] = False
+    assert torch.equal(
+        ordinary_token_mask(input_ids, attention, loss.special_tokens, loss.token_rules), their_pool
+    )
+
+
 def test_fixture_covers_the_cases_it_is_for(golden, tokenizer):
     """8 real texts with [UNK], multi-piece words and truncation; the collators really masked [UNK] words."""
     token_ids = golden["token_ids"]
@@ -351,3 +383,15 @@ def test_our_masks_are_distributed_as_the_authors_collator_makes_them(golden, ti
     draws = 2000
     ours = our_mask_statistics(loss, features, draws, seed=5)
     assert statistical_mismatches(ours, theirs, draws, golden["statistics"]["draws"]) == []
+
+
+def test_the_old_token_rules_are_told_apart(golden, tiny_bert_dir):
+    """``token_rules="skip_special"`` (no [UNK] in the BoW target, [SEP] left out of the max-pool, [UNK] never
+    predicted) does not give the authors' numbers: the check sees the difference."""
+    loss, _ = build_loss("dupmae", golden, tiny_bert_dir, token_rules="skip_special")
+    features, masks = authors_batch(golden, "dupmae")
+    with torch.no_grad():
+        bow = loss.compute_loss_terms(features, masks)["bow"].item()
+    assert bow != pytest.approx(golden["methods"]["dupmae"]["terms"]["bow"], rel=RTOL)
+    ours = loss.make_masks(features, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(ours.decoder_labels, golden["tensors"]["dupmae/decoder_labels"])
