@@ -8,6 +8,7 @@ from sentence_transformers import SentenceTransformer
 
 from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling
 from retromae_st.masking import RetroMAEMasks, check_token_rules, decoder_targets, maskable_tokens
+from retromae_st.model_card import carried_over_card_data
 from retromae_st.retromae_loss import RetroMAELoss
 
 
@@ -223,7 +224,7 @@ class DupMAELoss(RetroMAELoss):
 
     @property
     def citation(self) -> str:
-        return DUPMAE_CITATION
+        return DUPMAE_CITATION + super().citation  # DupMAE's objective includes RetroMAE's
 
 
 def build_dupmae_model(
@@ -255,5 +256,9 @@ def build_dupmae_model(
         chunk_size=chunk_size,
         token_rules=loss.token_rules,
     )
-    model = SentenceTransformer(modules=[transformer, pooling], similarity_fn_name="dot")
+    model = SentenceTransformer(
+        modules=[transformer, pooling],
+        similarity_fn_name="dot",
+        model_card_data=carried_over_card_data(loss.model.model_card_data),
+    )
     return model.to(next(transformer.parameters()).device)
