@@ -29,7 +29,25 @@ _EXPORTS = {
     "stream_corpus": "retromae_st.corpora",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DupMAELoss",
+    "DupMAEPooling",
+    "DupMAERetriever",
+    "EnhancedDecoderLayer",
+    "LengthGroupedBatchSampler",
+    "LossStateCallback",
+    "RetroMAEContrastiveLoss",
+    "RetroMAELoss",
+    "build_dupmae_model",
+    "last_complete_checkpoint",
+    "load_cls_model",
+    "load_dupmae_model",
+    "load_text_corpus",
+    "pretrain",
+    "save_as_masked_lm",
+    "stage2",
+    "stream_corpus",
+]
 
 
 def __getattr__(name: str):

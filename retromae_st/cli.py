@@ -358,7 +358,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     if first_command(argv) in (None, "eval"):
         add_eval_commands(subparsers)
     else:  # building the eval parsers imports the eval modules (slow); not needed for other commands
-        subparsers.add_parser("eval", help="evaluate a model: STS, SentEval transfer, BEIR retrieval", add_help=False)
+        subparsers.add_parser(
+            "eval", help="evaluate a model: STS, SentEval transfer, BEIR retrieval", add_help=False
+        )
     return parser
 
 

@@ -149,13 +149,24 @@ def _datasets_rows(path: str, text_field: str, first_id: int) -> Iterator[dict]:
         yield {"text": text, "document_id": first_id + row}
 
 
-def corpus_rows(paths: list[str], text_field: str = "text", keep_blank_lines: bool = True) -> Iterator[dict]:
+#: Document ids of file ``i`` start at ``i * FILE_ID_STRIDE``, so that they never repeat across files.
+FILE_ID_STRIDE = 2**40
+
+
+def corpus_rows(
+    paths: list[str],
+    text_field: str = "text",
+    keep_blank_lines: bool = True,
+    file_indices: list[int] | None = None,
+) -> Iterator[dict]:
     """The raw ``{"text", "document_id"}`` rows of the corpus ``paths``, in order, uncleaned.
 
-    Document ids never repeat across files: each file starts a new range (``.txt`` files get one id each).
+    Document ids never repeat across files (file ``i``'s start at ``i * FILE_ID_STRIDE``; ``file_indices``
+    numbers the files when ``datasets`` hands a shard of them); a ``.txt`` file has one id, documents
+    there being separated by blank lines.
     """
-    first_id = 0
-    for path in paths:
+    for index, path in zip(file_indices or range(len(paths)), paths, strict=True):
+        first_id = index * FILE_ID_STRIDE
         kind = corpus_format(path)
         if kind == "text":
             rows = _text_rows(path, first_id)
@@ -165,12 +176,9 @@ def corpus_rows(paths: list[str], text_field: str = "text", keep_blank_lines: bo
             rows = _parquet_rows(path, text_field, first_id)
         else:
             rows = _datasets_rows(path, text_field, first_id)
-        last_id = first_id
         for row in rows:
-            last_id = row["document_id"]
             if keep_blank_lines or row["text"] is None or row["text"].strip():
                 yield row
-        first_id = last_id + 1
 
 
 def stream_corpus(
@@ -193,7 +201,13 @@ def stream_corpus(
     files = expand_corpus_paths(paths)
     return IterableDataset.from_generator(
         corpus_rows,
-        gen_kwargs={"paths": files, "text_field": text_field, "keep_blank_lines": keep_blank_lines},
+        # Lists in gen_kwargs are split into shards (one per DataLoader worker); the indices keep ids apart.
+        gen_kwargs={
+            "paths": files,
+            "file_indices": list(range(len(files))),
+            "text_field": text_field,
+            "keep_blank_lines": keep_blank_lines,
+        },
         features=CORPUS_FEATURES,
     )
 

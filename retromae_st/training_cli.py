@@ -114,7 +114,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=32,
         help="texts (rows) per device and step",
     )
-    run.add_argument("--learning-rate", "--learning_rate", dest="learning_rate", type=float, default=1e-4)
+    run.add_argument(
+        "--learning-rate",
+        "--learning_rate",
+        dest="learning_rate",
+        type=float,
+        default=1e-4,
+        help="peak learning rate",
+    )
     run.add_argument(
         "--max-seq-length",
         dest="max_seq_length",
@@ -197,7 +204,7 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 def apply_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     """Sets the defaults of ``parser`` from the ``--config-file`` named in ``argv`` (if any)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config-file", default=None)
     path = pre.parse_known_args(argv)[0].config_file
     if path is None:
