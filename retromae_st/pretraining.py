@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -178,7 +179,13 @@ def build_start_model(
             f"{model_config.vocab_size}"
         )
     torch.manual_seed(seed)
-    AutoModel.from_config(model_config).save_pretrained(init_dir)
+    initial = AutoModel.from_config(model_config)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun: the same weights, kept out of rank 0's way
+        with tempfile.TemporaryDirectory() as own_dir:
+            initial.save_pretrained(own_dir)
+            start_tokenizer.save_pretrained(own_dir)
+            return load_cls_model(own_dir, max_seq_length=max_seq_length)
+    initial.save_pretrained(init_dir)
     start_tokenizer.save_pretrained(init_dir)
     return load_cls_model(init_dir, max_seq_length=max_seq_length)
 
@@ -272,30 +279,31 @@ def train_with_checks(
     settings: dict[str, Any],
     resume_from_checkpoint: bool | str | None,
     force: bool,
-) -> str | None:
-    """Chooses the checkpoint to resume from, checks its settings, trains; returns the checkpoint used."""
+) -> tuple[SentenceTransformerTrainer, str | None]:
+    """Chooses the checkpoint to resume from, checks its settings, trains; returns the trainer and the
+    checkpoint it resumed from."""
     checkpoint = choose_resume_checkpoint(args.output_dir, resume_from_checkpoint)
     if checkpoint is not None:
         check_resume_settings(checkpoint, settings, force)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
     trainer.add_callback(LossStateCallback(trainer, run_settings=settings))
     trainer.train(resume_from_checkpoint=checkpoint)
-    return checkpoint
+    return trainer, checkpoint
 
 
 def save_outputs(
-    model: SentenceTransformer, mae_loss: RetroMAELoss, output_dir: str, dupmae_top_k: int
+    trainer: SentenceTransformerTrainer, mae_loss: RetroMAELoss, output_dir: str, dupmae_top_k: int
 ) -> tuple[str, str, str | None]:
-    """Writes ``final/`` (ST, CLS pooling), ``masked_lm/`` (encoder + MLM head) and, for DupMAE,
-    ``dupmae/`` (Transformer + DupMAEPooling)."""
+    """Writes (on the main process only) ``final/`` (ST, CLS pooling), ``masked_lm/`` (encoder + MLM
+    head) and, for DupMAE, ``dupmae/`` (Transformer + DupMAEPooling)."""
     final_dir = os.path.join(output_dir, "final")
-    model.save(final_dir)
     masked_lm_dir = os.path.join(output_dir, "masked_lm")
-    save_as_masked_lm(model, mae_loss, masked_lm_dir)
-    dupmae_dir = None
-    if isinstance(mae_loss, DupMAELoss):
-        dupmae_dir = os.path.join(output_dir, "dupmae")
-        build_dupmae_model(mae_loss, top_k=dupmae_top_k).save(dupmae_dir)
+    dupmae_dir = os.path.join(output_dir, "dupmae") if isinstance(mae_loss, DupMAELoss) else None
+    if trainer.is_world_process_zero():
+        trainer.model.save(final_dir)
+        save_as_masked_lm(trainer.model, mae_loss, masked_lm_dir)
+        if dupmae_dir is not None:
+            build_dupmae_model(mae_loss, top_k=dupmae_top_k).save(dupmae_dir)
     return final_dir, masked_lm_dir, dupmae_dir
 
 
@@ -374,6 +382,11 @@ def pretrain(
                 "group_by_length (--group-by-length) needs an in-memory dataset, not a streamed one"
             )
         training_kwargs["batch_sampler"] = length_grouped_batch_sampler(dataset, model, max_seq_length)
+    if isinstance(dataset, IterableDataset) and "accelerator_config" not in training_kwargs:
+        # Several processes: each reads the stream and keeps its own share of the batches. Accelerate's
+        # default for streams (rank 0 reads and sends out the batches) fails on batches padded to
+        # different lengths.
+        training_kwargs["accelerator_config"] = {"dispatch_batches": False}
     args = training_arguments(
         output_dir,
         max_steps,
@@ -386,8 +399,10 @@ def pretrain(
         training_kwargs,
     )
     settings = run_settings(method, {"loss": loss}, model, args, max_seq_length, pack=pack)
-    resumed_from = train_with_checks(model, loss, dataset, args, settings, resume_from_checkpoint, force)
-    final_dir, masked_lm_dir, dupmae_dir = save_outputs(model, loss, output_dir, dupmae_top_k)
+    trainer, resumed_from = train_with_checks(
+        model, loss, dataset, args, settings, resume_from_checkpoint, force
+    )
+    final_dir, masked_lm_dir, dupmae_dir = save_outputs(trainer, loss, output_dir, dupmae_top_k)
     return PretrainingResult(
         model, loss, final_dir, masked_lm_dir, dropped, dupmae_dir, packing, resumed_from
     )
@@ -498,6 +513,8 @@ def stage2(
     settings = run_settings(
         f"stage2-{mae_method}", losses, model, args, max_seq_length, datasets=sorted(train)
     )
-    resumed_from = train_with_checks(model, losses, train, args, settings, resume_from_checkpoint, force)
-    final_dir, masked_lm_dir, dupmae_dir = save_outputs(model, mae, output_dir, dupmae_top_k)
+    trainer, resumed_from = train_with_checks(
+        model, losses, train, args, settings, resume_from_checkpoint, force
+    )
+    final_dir, masked_lm_dir, dupmae_dir = save_outputs(trainer, mae, output_dir, dupmae_top_k)
     return PretrainingResult(model, losses, final_dir, masked_lm_dir, dropped, dupmae_dir, None, resumed_from)

@@ -23,6 +23,7 @@ from retromae_st.checkpointing import checkpoint_problem, list_checkpoints, load
 logger = logging.getLogger(__name__)
 
 #: Model types whose position ids start after the padding index (RoBERTa layout).
+_WRITE_CHECK_PREFIX = ".write-check-"
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
 
 
@@ -39,6 +40,7 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool, owned: Iter
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise FileExistsError(f"output folder {output_dir} is a file")
     entries = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    entries = [name for name in entries if not name.startswith(_WRITE_CHECK_PREFIX)]  # another rank's check
     if entries and not resume:
         if not overwrite:
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
@@ -46,7 +48,7 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool, owned: Iter
                 f"output folder {output_dir} is not empty ({shown}): pass --overwrite (overwrite=True) to "
                 "replace the earlier run, or --resume (resume_from_checkpoint=True) to continue it"
             )
-        for name in owned:
+        for name in owned if int(os.environ.get("RANK", 0)) == 0 else ():  # torchrun: rank 0 deletes
             path = os.path.join(output_dir, name)
             if os.path.isdir(path):
                 logger.warning("overwrite: deleting %s of the earlier run", path)
@@ -58,7 +60,7 @@ def check_writable(folder: str) -> None:
     """Creates ``folder`` if needed and writes (then deletes) a file in it; one-line error if that fails."""
     try:
         os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=_WRITE_CHECK_PREFIX):
             pass
     except OSError as error:
         raise type(error)(error.errno, f"output folder {folder} is not writable ({error.strerror})") from None

@@ -548,3 +548,22 @@ def test_unwritable_output_and_full_disk_are_one_line_errors(
     code, err = cli([*argv, "--output", tmp_path / "full"], capsys)
     assert code == 1 and "Traceback" not in err
     assert err.splitlines()[-1] == "retromae-st: error: [Errno 28] No space left on device"
+
+
+@pytest.mark.slow  # ~40 s: two ranks of the real CLI
+def test_cli_pretrain_under_torchrun_trains_and_ranks_agree(tiny_bert_dir, corpus, tmp_path):
+    from tests.test_reliability_distributed import run_torchrun
+
+    output = tmp_path / "run"
+    arguments = ["--model", tiny_bert_dir, "--corpus", corpus, "--output", output, *FAST, "--max-steps", "3"]
+    arguments += ["--no-pack", "--use_cpu", "--ddp_backend", "gloo", "--save_steps", "2"]
+    result_path = tmp_path / "result.json"
+    result = run_torchrun(
+        "tests.distributed.cli_ranks_agree", [str(result_path), *map(str, arguments)], result_path
+    )
+    assert result["code"] == 0 and result["world_size"] == 2
+    assert len(result["losses"]) == 3 and all(value == value for value in result["losses"])
+    assert result["model_params"] == 0.0
+    assert result["loss_params"] == 0.0, "the loss's decoder/MLM head drifted apart between ranks"
+    assert (output / "final" / "modules.json").is_file()
+    assert (output / "checkpoints" / "checkpoint-2" / LOSS_STATE_DIR / COMPLETE_MARKER).is_file()
