@@ -31,6 +31,7 @@ from retromae_st.data import DroppedRows, clean_text_stream, prepare_contrastive
 from retromae_st.dupmae_loss import DupMAELoss, build_dupmae_model
 from retromae_st.export import load_cls_model, save_as_masked_lm
 from retromae_st.length_grouped_sampler import LengthGroupedBatchSampler
+from retromae_st.model_card import name_training_data
 from retromae_st.retromae_contrastive_loss import RetroMAEContrastiveLoss
 from retromae_st.retromae_loss import RetroMAELoss
 from retromae_st.runs import (
@@ -196,18 +197,13 @@ def pretraining_loss(
     encoder_mask_ratio: float,
     decoder_mask_ratio: float,
     bow_loss_weight: float,
+    token_rules: str = "authors",
 ) -> RetroMAELoss:
+    ratios = {"encoder_mask_ratio": encoder_mask_ratio, "decoder_mask_ratio": decoder_mask_ratio}
     if method == "retromae":
-        return RetroMAELoss(
-            model, encoder_mask_ratio=encoder_mask_ratio, decoder_mask_ratio=decoder_mask_ratio
-        )
+        return RetroMAELoss(model, **ratios, token_rules=token_rules)
     if method == "dupmae":
-        return DupMAELoss(
-            model,
-            encoder_mask_ratio=encoder_mask_ratio,
-            decoder_mask_ratio=decoder_mask_ratio,
-            bow_loss_weight=bow_loss_weight,
-        )
+        return DupMAELoss(model, **ratios, bow_loss_weight=bow_loss_weight, token_rules=token_rules)
     raise ValueError(f"method (--method) must be one of {METHODS}, got {method!r}")
 
 
@@ -219,6 +215,7 @@ def pretraining_dataset(
     text_field: str,
     shuffle_buffer_size: int,
     seed: int,
+    token_rules: str = "authors",
 ) -> tuple[Dataset | IterableDataset, DroppedRows | None, Any]:
     """The training rows: files are streamed (:func:`retromae_st.corpora.stream_corpus`), then packed
     into ``max_seq_length`` blocks (``pack``) or cleaned one line per example. Returns the dataset, the
@@ -240,10 +237,12 @@ def pretraining_dataset(
         if isinstance(packed, IterableDataset) and shuffle_buffer_size:
             packed = packed.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         return packed, None, stats
+    # Rows the loss could not learn from are dropped (and counted) here, not met hours into the run.
+    rules = {"tokenizer": tokenizer, "token_rules": token_rules, "max_seq_length": max_seq_length}
     if isinstance(raw, Dataset):
-        dataset, dropped = prepare_text_dataset(raw)
+        dataset, dropped = prepare_text_dataset(raw, **rules)
         return dataset, dropped, None
-    dataset, dropped = clean_text_stream(raw)
+    dataset, dropped = clean_text_stream(raw, **rules)
     return dataset, dropped, None
 
 
@@ -320,6 +319,7 @@ def pretrain(
     decoder_mask_ratio: float = 0.5,
     bow_loss_weight: float = 0.1,
     dupmae_top_k: int = 256,
+    token_rules: str = "authors",
     warmup_ratio: float = 0.1,
     save_steps: int | float | None = None,
     resume_from_checkpoint: bool | str | None = None,
@@ -352,6 +352,7 @@ def pretrain(
         group_by_length: Batch texts of similar token length (:class:`LengthGroupedBatchSampler`; in-memory
             datasets only). Default: on for an unpacked in-memory dataset, off otherwise.
         bf16: bf16 autocast; ``"auto"`` is on for CUDA devices with bf16 support only (:func:`resolve_bf16`).
+        token_rules: The loss's token rules (``"authors"`` or ``"skip_special"``, see :class:`RetroMAELoss`).
         resume_from_checkpoint: ``True``: the newest *complete* checkpoint in ``output_dir/checkpoints``;
             a path: that checkpoint. The settings stored in it must equal this run's unless ``force``.
         overwrite: Allow a fresh run into a non-empty ``output_dir`` (deletes the earlier run's folders).
@@ -370,9 +371,12 @@ def pretrain(
     init_dir = os.path.join(output_dir, "init")
     model = build_start_model(model_name_or_path, config, tokenizer, max_seq_length, init_dir, seed)
     check_max_seq_length(max_seq_length, model[0].auto_model.config, model.tokenizer)
-    loss = pretraining_loss(method, model, encoder_mask_ratio, decoder_mask_ratio, bow_loss_weight)
+    name_training_data(model, corpus)
+    loss = pretraining_loss(
+        method, model, encoder_mask_ratio, decoder_mask_ratio, bow_loss_weight, token_rules
+    )
     dataset, dropped, packing = pretraining_dataset(
-        corpus, model.tokenizer, max_seq_length, pack, text_field, shuffle_buffer_size, seed
+        corpus, model.tokenizer, max_seq_length, pack, text_field, shuffle_buffer_size, seed, token_rules
     )
     if group_by_length is None:
         group_by_length = not pack and isinstance(dataset, Dataset)
@@ -448,6 +452,7 @@ def stage2(
     decoder_mask_ratio: float = 0.5,
     bow_loss_weight: float = 0.1,
     dupmae_top_k: int = 256,
+    token_rules: str = "authors",
     warmup_ratio: float = 0.1,
     save_steps: int | float | None = None,
     resume_from_checkpoint: bool | str | None = None,
@@ -481,7 +486,9 @@ def stage2(
     train, dropped = stage2_datasets(datasets, columns)
     model = load_cls_model(model_name_or_path, max_seq_length=max_seq_length)
     check_max_seq_length(max_seq_length, model[0].auto_model.config, model.tokenizer)
-    mae = pretraining_loss(mae_method, model, encoder_mask_ratio, decoder_mask_ratio, bow_loss_weight)
+    mae = pretraining_loss(
+        mae_method, model, encoder_mask_ratio, decoder_mask_ratio, bow_loss_weight, token_rules
+    )
     unknown = set(mae_columns) - set(train) if isinstance(mae_columns, Mapping) else set()
     if unknown:
         raise ValueError(

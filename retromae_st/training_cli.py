@@ -179,6 +179,12 @@ def add_mae_arguments(parser: argparse.ArgumentParser) -> None:
         "--bow-loss-weight", type=float, default=0.1, help="DupMAE: weight of the bag-of-words term"
     )
     mae.add_argument(
+        "--token-rules",
+        choices=["authors", "skip_special"],
+        default="authors",
+        help="[UNK] and in-text special tokens: as the authors' collator, or kept out of masking/prediction",
+    )
+    mae.add_argument(
         "--top-k",
         dest="dupmae_top_k",
         type=int,
@@ -240,6 +246,7 @@ def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "decoder_mask_ratio": args.decoder_mask_ratio,
         "bow_loss_weight": args.bow_loss_weight,
         "dupmae_top_k": args.dupmae_top_k,
+        "token_rules": args.token_rules,
         **trainer_kwargs(args),
     }
 
