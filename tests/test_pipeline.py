@@ -567,3 +567,57 @@ def test_cli_pretrain_under_torchrun_trains_and_ranks_agree(tiny_bert_dir, corpu
     assert result["loss_params"] == 0.0, "the loss's decoder/MLM head drifted apart between ranks"
     assert (output / "final" / "modules.json").is_file()
     assert (output / "checkpoints" / "checkpoint-2" / LOSS_STATE_DIR / COMPLETE_MARKER).is_file()
+
+
+# -- packing (retromae_st.packing) -------------------------------------------------------------------------
+
+
+def test_txt_blank_lines_reach_the_packer_as_document_boundaries(corpus):
+    from retromae_st.corpora import stream_corpus
+
+    rows = list(stream_corpus(str(corpus)))
+    assert [row["text"] for row in rows] == [*lines(30), "", *lines(30, 30)]
+    assert [row["text"] for row in stream_corpus(str(corpus), keep_blank_lines=False)] == lines(60)
+
+
+def test_file_corpora_are_streamed_packed_or_not(tiny_bert_dir, corpus):
+    from datasets import IterableDataset
+    from transformers import AutoTokenizer
+
+    from retromae_st.pretraining import pretraining_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    for pack in (True, False):
+        dataset, _, _ = pretraining_dataset(str(corpus), tokenizer, 32, pack, "text", 0, 0)
+        assert isinstance(dataset, IterableDataset)  # never read whole into memory
+
+
+def test_cli_packs_by_default_without_length_grouping(tiny_bert_dir, corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    code = main(
+        [
+            str(a)
+            for a in ["pretrain", "--model", tiny_bert_dir, "--corpus", corpus, "--output", output, *FAST]
+        ]
+    )
+    assert code == 0
+    assert run_settings(output, 2)["pack"] is True
+    printed = capsys.readouterr().out
+    assert "packing:" in printed and "blocks of <= 32 tokens" in printed
+    args = torch.load(output / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert args.batch_sampler == "batch_sampler"  # no length grouping of packed blocks
+
+
+def test_packed_blocks_keep_documents_apart(tiny_bert_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from retromae_st.pretraining import pretraining_dataset
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(
+        "\n".join(json.dumps({"text": text}) for text in ["alpha beta.", "gamma delta."]) + "\n"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    dataset, _, stats = pretraining_dataset(str(corpus), tokenizer, 32, True, "text", 0, 0)
+    assert [row["text"] for row in dataset] == ["alpha beta.", "gamma delta."]  # one document per jsonl line
+    assert stats.documents == 2
