@@ -226,24 +226,24 @@ def pretraining_dataset(
             raw = raw.rename_column(text_field, "text")
     else:
         raw = stream_corpus(corpus, text_field=text_field, keep_blank_lines=pack)
-    if isinstance(raw, IterableDataset) and shuffle_buffer_size:
-        raw = raw.shuffle(seed=seed, buffer_size=shuffle_buffer_size) if not pack else raw
     if pack:
         from retromae_st.packing import pack_corpus
 
         columns = raw.column_names or []
         document_column = "document_id" if "document_id" in columns else None
-        packed, stats = pack_corpus(raw, tokenizer, max_seq_length, document_column=document_column)
-        if isinstance(packed, IterableDataset) and shuffle_buffer_size:
-            packed = packed.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
-        return packed, None, stats
-    # Rows the loss could not learn from are dropped (and counted) here, not met hours into the run.
-    rules = {"tokenizer": tokenizer, "token_rules": token_rules, "max_seq_length": max_seq_length}
-    if isinstance(raw, Dataset):
-        dataset, dropped = prepare_text_dataset(raw, **rules)
-        return dataset, dropped, None
-    dataset, dropped = clean_text_stream(raw, **rules)
-    return dataset, dropped, None
+        dataset, stats = pack_corpus(raw, tokenizer, max_seq_length, document_column=document_column)
+        dropped = None
+    else:
+        # Rows the loss could not learn from are dropped (and counted) here, not met hours into the run.
+        rules = {"tokenizer": tokenizer, "token_rules": token_rules, "max_seq_length": max_seq_length}
+        clean = prepare_text_dataset if isinstance(raw, Dataset) else clean_text_stream
+        dataset, dropped = clean(raw, **rules)
+        stats = None
+    if isinstance(dataset, IterableDataset) and shuffle_buffer_size:
+        # A stream comes in file order and the trainer shuffles only in-memory datasets: shuffle the
+        # examples (blocks or lines, after packing) in a buffer, reproducibly (seed + epoch).
+        dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+    return dataset, dropped, stats
 
 
 def model_shape(model: SentenceTransformer) -> dict[str, Any]:
@@ -350,6 +350,9 @@ def pretrain(
         pack: Pack consecutive sentences of a document into ``max_seq_length`` blocks, as the authors'
             preprocessing does (:func:`retromae_st.packing.pack_corpus`); ``False`` trains one cleaned
             line per example.
+        text_field: The text's field in ``.jsonl`` / column in ``.parquet`` and ``datasets`` folders.
+        shuffle_buffer_size: A streamed corpus is shuffled in a buffer of this many examples (``0``: read in
+            file order); in-memory datasets are shuffled by the trainer.
         group_by_length: Batch texts of similar token length (:class:`LengthGroupedBatchSampler`; in-memory
             datasets only). Default: on for an unpacked in-memory dataset, off otherwise.
         bf16: bf16 autocast; ``"auto"`` is on for CUDA devices with bf16 support only (:func:`resolve_bf16`).

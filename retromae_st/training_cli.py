@@ -279,6 +279,7 @@ def command_pretrain(args: argparse.Namespace) -> int:
         method=args.method,
         pack=args.pack,
         text_field=args.text_field,
+        shuffle_buffer_size=args.shuffle_buffer_size,
         group_by_length=args.group_by_length,
         config=args.config,
         tokenizer=args.tokenizer,
@@ -364,6 +365,12 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction, argv: Sequence[s
     )
     start.add_argument(
         "--text-field", default="text", help="the text's field in .jsonl / column in .parquet and datasets"
+    )
+    start.add_argument(
+        "--shuffle-buffer-size",
+        type=int,
+        default=10_000,
+        help="a streamed corpus is shuffled in a buffer of this many examples (0: file order)",
     )
     start.add_argument(
         "--no-pack",
