@@ -23,6 +23,8 @@ _EXPORTS = {
     "load_cls_model": "retromae_st.export",
     "load_dupmae_model": "retromae_st.dupmae_pooling",
     "load_text_corpus": "retromae_st.data",
+    "pack_corpus": "retromae_st.packing",
+    "PackingStats": "retromae_st.packing",
     "pretrain": "retromae_st.pretraining",
     "save_as_masked_lm": "retromae_st.export",
     "stage2": "retromae_st.pretraining",
@@ -36,6 +38,7 @@ __all__ = [
     "EnhancedDecoderLayer",
     "LengthGroupedBatchSampler",
     "LossStateCallback",
+    "PackingStats",
     "RetroMAEContrastiveLoss",
     "RetroMAELoss",
     "build_dupmae_model",
@@ -43,6 +46,7 @@ __all__ = [
     "load_cls_model",
     "load_dupmae_model",
     "load_text_corpus",
+    "pack_corpus",
     "pretrain",
     "save_as_masked_lm",
     "stage2",
@@ -72,6 +76,7 @@ if TYPE_CHECKING:
     from retromae_st.dupmae_search import DupMAERetriever
     from retromae_st.export import load_cls_model, save_as_masked_lm
     from retromae_st.length_grouped_sampler import LengthGroupedBatchSampler
+    from retromae_st.packing import PackingStats, pack_corpus
     from retromae_st.pretraining import pretrain, stage2
     from retromae_st.retromae_contrastive_loss import RetroMAEContrastiveLoss
     from retromae_st.retromae_loss import RetroMAELoss
