@@ -129,7 +129,7 @@ def test_unwritable_output_fails_before_any_work(tmp_path, stsb_folder, capsys):
             str(blocker / "out"),
         ]
     )
-    assert code == 2 and "output folder" in capsys.readouterr().err
+    assert code == 1 and "output folder" in capsys.readouterr().err  # an I/O failure: exit 1 (docs/cli.md)
 
 
 def test_left_out_tasks_are_named_on_one_line(tmp_path, tiny_model_dir, capsys):
