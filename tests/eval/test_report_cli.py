@@ -133,7 +133,16 @@ def test_cli_sts_beir_and_compare(tmp_path, tiny_model_dir, capsys):
 def test_cli_reports_clear_errors(tmp_path, capsys):
     data = tmp_path / "sts-dev.csv"
     data.write_text("g\tf\t2012\t1\t1.0\ta\tb\ng\tf\t2012\t2\t2.0\tc\td\n")
-    args = ["eval", "sts", "--model", str(tmp_path / "no-model"), "--data", str(data), "--output", str(tmp_path)]
+    args = [
+        "eval",
+        "sts",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path),
+    ]
     assert main(args) == 2
     assert "model folder not found" in capsys.readouterr().err  # the data is valid: the model is the problem
     assert main(["eval", "compare", str(tmp_path / "missing.json")]) == 2
