@@ -26,7 +26,7 @@ from sentence_transformers import (
 )
 
 from retromae_st.checkpointing import LossStateCallback
-from retromae_st.corpora import read_contrastive_file, stream_corpus
+from retromae_st.corpora import expand_corpus_paths, read_contrastive_file, stream_corpus
 from retromae_st.data import DroppedRows, clean_text_stream, prepare_contrastive_dataset, prepare_text_dataset
 from retromae_st.dupmae_loss import DupMAELoss, build_dupmae_model
 from retromae_st.export import load_cls_model, save_as_masked_lm
@@ -370,6 +370,8 @@ def pretrain(
         raise ValueError(f"method (--method) must be one of {METHODS}, got {method!r}")
     if "per_device_train_batch_size" in training_kwargs:
         batch_size = training_kwargs.pop("per_device_train_batch_size")
+    if not isinstance(corpus, (Dataset, IterableDataset)):
+        corpus = expand_corpus_paths(corpus)  # a mistyped path fails before --overwrite deletes anything
     check_output_dir(output_dir, bool(resume_from_checkpoint), overwrite, RUN_FOLDERS)
     torch.manual_seed(seed)
     init_dir = os.path.join(output_dir, "init")
@@ -486,9 +488,9 @@ def stage2(
     """
     if "per_device_train_batch_size" in training_kwargs:
         batch_size = training_kwargs.pop("per_device_train_batch_size")
+    train, dropped = stage2_datasets(datasets, columns)  # bad data fails before --overwrite deletes anything
     check_output_dir(output_dir, bool(resume_from_checkpoint), overwrite, RUN_FOLDERS)
     torch.manual_seed(seed)
-    train, dropped = stage2_datasets(datasets, columns)
     model = load_cls_model(model_name_or_path, max_seq_length=max_seq_length)
     check_max_seq_length(max_seq_length, model[0].auto_model.config, model.tokenizer)
     mae = pretraining_loss(

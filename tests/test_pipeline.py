@@ -483,6 +483,10 @@ def test_fresh_run_into_a_non_empty_output_is_refused_unless_overwrite(
     (output / "checkpoints" / "checkpoint-99").mkdir()  # a stray checkpoint of the earlier run
     code, err = cli(argv, capsys)
     assert code == 2 and "not empty" in err and "--overwrite" in err
+    missing = [str(tmp_path / "missing.txt") if arg == corpus else arg for arg in argv]
+    code, err = cli([*missing, "--overwrite"], capsys)
+    assert code == 2 and "corpus file not found" in err
+    assert (output / "final").is_dir()  # a mistyped corpus deletes nothing
     code, err = cli([*argv, "--overwrite", "--save_steps", "1"], capsys)
     assert code == 0, err
     assert sorted(os.listdir(output / "checkpoints")) == ["checkpoint-1", "checkpoint-2"]
