@@ -23,8 +23,9 @@ _PROBE = "Packing probe, with words: hello world 123."
 
 @dataclass
 class PackingStats:
-    """What :func:`pack_corpus` did. For a streamed corpus it fills as the stream is consumed (each new
-    pass over the stream starts it again from zero).
+    """What :func:`pack_corpus` did. For a streamed corpus it fills as the stream is consumed, in the
+    process that reads it (with dataloader workers, in theirs), and each new pass over the stream starts
+    it again from zero.
 
     Attributes:
         max_seq_length: The block size in tokens, special tokens included.
