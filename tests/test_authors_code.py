@@ -54,7 +54,7 @@ def golden() -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory, golden, tokenizer) -> Path:
+def golden_bert_dir(tmp_path_factory, golden, tokenizer) -> Path:
     """A BertModel folder of the fixture's shape with the MiniLM tokenizer (weights are set per test)."""
     from transformers import BertConfig, BertModel
 
@@ -207,8 +207,8 @@ def mismatches(method: str, golden: dict, terms: dict, gradients: dict) -> list[
 
 
 @pytest.mark.parametrize("method", ["retromae", "dupmae"])
-def test_same_terms_and_gradients_as_the_authors_code(method, golden, tiny_bert_dir):
-    loss, parameters = build_loss(method, golden, tiny_bert_dir)
+def test_same_terms_and_gradients_as_the_authors_code(method, golden, golden_bert_dir):
+    loss, parameters = build_loss(method, golden, golden_bert_dir)
     features, masks = authors_batch(golden, method)
     terms, gradients = terms_and_gradients(loss, parameters, features, masks)
     expected_names = {"encoder_mlm", "decoder_mlm"} | ({"bow"} if method == "dupmae" else set())
@@ -218,19 +218,19 @@ def test_same_terms_and_gradients_as_the_authors_code(method, golden, tiny_bert_
 
 
 @pytest.mark.parametrize("method", ["retromae", "dupmae"])
-def test_our_decoder_labels_are_the_authors_collators(method, golden, tiny_bert_dir):
+def test_our_decoder_labels_are_the_authors_collators(method, golden, golden_bert_dir):
     """The decoder's labels are deterministic: every position but the first and last of a row, [UNK] included."""
-    loss, _ = build_loss(method, golden, tiny_bert_dir)
+    loss, _ = build_loss(method, golden, golden_bert_dir)
     features, _ = authors_batch(golden, method)
     masks = loss.make_masks(features, generator=torch.Generator().manual_seed(0))
     assert torch.equal(masks.decoder_labels, golden["tensors"][f"{method}/decoder_labels"])
 
 
-def test_our_bag_of_words_target_and_pool_are_the_authors(golden, tiny_bert_dir):
+def test_our_bag_of_words_target_and_pool_are_the_authors(golden, golden_bert_dir):
     """DupMAE's BoW target equals the authors' collator's ``bag_word_weight`` exactly ([UNK] counted, 1/n
     assigned once per distinct token), and the OT max-pool reads what their ``ot_embedding`` reads: the
     real positions 1..L-1, [SEP] included."""
-    loss, _ = build_loss("dupmae", golden, tiny_bert_dir)
+    loss, _ = build_loss("dupmae", golden, golden_bert_dir)
     features, _ = authors_batch(golden, "dupmae")
     input_ids, attention = features["input_ids"], features["attention_mask"]
     tensors = golden["tensors"]
@@ -261,9 +261,9 @@ def test_fixture_covers_the_cases_it_is_for(golden, tokenizer):
     assert (labels == tokenizer.unk_token_id).sum() >= 4  # the authors' decoder predicts [UNK]
 
 
-def test_our_tokenisation_gives_the_authors_batch(golden, tiny_bert_dir):
+def test_our_tokenisation_gives_the_authors_batch(golden, golden_bert_dir):
     """ST's tokenisation at max_seq_length gives the collator's input ids: truncation agrees."""
-    model = load_cls_model(str(tiny_bert_dir), max_seq_length=golden["max_seq_length"])
+    model = load_cls_model(str(golden_bert_dir), max_seq_length=golden["max_seq_length"])
     features = model.preprocess(golden["texts"])
     for method in LOSSES:
         tensors = golden["tensors"]
@@ -272,10 +272,10 @@ def test_our_tokenisation_gives_the_authors_batch(golden, tiny_bert_dir):
         assert torch.equal(features["attention_mask"][:, :width], tensors[f"{method}/encoder_attention_mask"])
 
 
-def test_comparison_notices_a_changed_decoder_mask_or_labels(golden, tiny_bert_dir, tokenizer):
+def test_comparison_notices_a_changed_decoder_mask_or_labels(golden, golden_bert_dir, tokenizer):
     """The check can fail: one decoder visibility flipped, or [UNK] dropped from the decoder's labels
     (our earlier rule), moves the decoder term off the authors' by more than RTOL."""
-    loss, _ = build_loss("retromae", golden, tiny_bert_dir)
+    loss, _ = build_loss("retromae", golden, golden_bert_dir)
     features, masks = authors_batch(golden, "retromae")
     flipped = masks.decoder_visible.clone()
     flipped[0, 3, 1] = ~flipped[0, 3, 1]
@@ -369,11 +369,11 @@ def statistical_mismatches(
     return problems
 
 
-def test_our_masks_are_distributed_as_the_authors_collator_makes_them(golden, tiny_bert_dir):
+def test_our_masks_are_distributed_as_the_authors_collator_makes_them(golden, golden_bert_dir):
     """Our masks on the fixture's texts ([UNK] included) against 2000 draws of the authors' real
     RetroMAECollator: per-position encoder label rates, labels per row, the 80/10/10 shares, and the rate at
     which the decoder hides each key from each query, all within 5 standard errors."""
-    loss, _ = build_loss("retromae", golden, tiny_bert_dir)
+    loss, _ = build_loss("retromae", golden, golden_bert_dir)
     features, _ = authors_batch(golden, "retromae")
     theirs = {
         name.removeprefix("statistics/"): value
@@ -385,10 +385,10 @@ def test_our_masks_are_distributed_as_the_authors_collator_makes_them(golden, ti
     assert statistical_mismatches(ours, theirs, draws, golden["statistics"]["draws"]) == []
 
 
-def test_the_old_token_rules_are_told_apart(golden, tiny_bert_dir):
+def test_the_old_token_rules_are_told_apart(golden, golden_bert_dir):
     """``token_rules="skip_special"`` (no [UNK] in the BoW target, [SEP] left out of the max-pool, [UNK] never
     predicted) does not give the authors' numbers: the check sees the difference."""
-    loss, _ = build_loss("dupmae", golden, tiny_bert_dir, token_rules="skip_special")
+    loss, _ = build_loss("dupmae", golden, golden_bert_dir, token_rules="skip_special")
     features, masks = authors_batch(golden, "dupmae")
     with torch.no_grad():
         bow = loss.compute_loss_terms(features, masks)["bow"].item()
