@@ -13,7 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from retromae_st.dupmae_loss import bag_of_words_loss, bag_of_words_target, ordinary_token_mask
+from retromae_st.dupmae_loss import (
+    DupMAELoss,
+    bag_of_words_loss,
+    bag_of_words_target,
+    ordinary_token_mask,
+)
 from retromae_st.masking import RetroMAEMasks
 
 
@@ -55,3 +60,12 @@ def reference_dupmae_terms(
         "decoder_mlm": loss.decoder_loss(token_embeddings[:, 0], input_ids, masks),
         "bow": loss.bow_loss_weight * bag_of_words_loss(ot_vector, target),
     }
+
+
+class UnfusedDupMAELoss(DupMAELoss):
+    """``DupMAELoss`` computing its terms the pre-#20 way (:func:`reference_dupmae_terms`)."""
+
+    def compute_loss_terms(
+        self, features: dict[str, torch.Tensor], masks: RetroMAEMasks
+    ) -> dict[str, torch.Tensor]:
+        return reference_dupmae_terms(self, features, masks)
