@@ -17,6 +17,7 @@ from retromae_st.dupmae_loss import (
     DupMAELoss,
     bag_of_words_loss,
     bag_of_words_target,
+    bag_of_words_tokens,
     ordinary_token_mask,
 )
 from retromae_st.masking import RetroMAEMasks
@@ -48,13 +49,14 @@ def reference_dupmae_terms(
     loss, features: dict[str, torch.Tensor], masks: RetroMAEMasks
 ) -> dict[str, torch.Tensor]:
     """The three terms of ``loss`` (a ``DupMAELoss``) the pre-#20 way, on the same masks."""
-    input_ids = features["input_ids"]
+    input_ids, attention_mask = features["input_ids"], features["attention_mask"]
     token_embeddings = loss.encode(features, masks.encoder_input_ids)
-    pooled = ordinary_token_mask(input_ids, features["attention_mask"], loss.special_tokens)
+    pooled = ordinary_token_mask(input_ids, attention_mask, loss.special_tokens, loss.token_rules)
     rows, columns = pooled.nonzero(as_tuple=True)
     logits = loss.mlm_head(token_embeddings[rows, columns]).float()
     ot_vector = ot_vector_from_logits(logits, pooled, rows)
-    target = bag_of_words_target(input_ids, pooled, loss.head_vocab_size, (rows, columns))
+    counted = bag_of_words_tokens(input_ids, attention_mask, loss.special_tokens, loss.token_rules)
+    target = bag_of_words_target(input_ids, counted, loss.head_vocab_size)
     return {
         "encoder_mlm": encoder_mlm_from_logits(logits, masks.encoder_labels[rows, columns]),
         "decoder_mlm": loss.decoder_loss(token_embeddings[:, 0], input_ids, masks),

@@ -37,6 +37,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from retromae_st.model_card import record_loss_terms
+
 #: Distributed backends whose trainer clipping we leave alone (they shard or own the gradients).
 _OWN_CLIPPING = {
     DistributedType.DEEPSPEED,
@@ -284,7 +286,8 @@ class LossStateCallback(TrainerCallback):
     their gradients are averaged over ranks (DDP wraps only the model) and ``max_grad_norm`` clips the
     model's and the loss's gradients *together*, by their joint norm, as the authors' Trainer did with
     encoder and decoder in one module (the sentence-transformers trainer clips ``model.parameters()``
-    only). Under DeepSpeed, FSDP, XLA or Megatron the trainer's own clipping is left as it is.
+    only). Under DeepSpeed, FSDP, XLA or Megatron the trainer's own clipping is left as it is. Each logged
+    loss term also goes into the model card's training-log table (:func:`retromae_st.model_card.record_loss_terms`).
     """
 
     def __init__(self, trainer: Trainer) -> None:
@@ -316,6 +319,10 @@ class LossStateCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.sync_gradients()  # when clipping is off
         self._gradients_synced = False
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if model is not None and logs:
+            record_loss_terms(model.model_card_data, state.global_step, logs)
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

@@ -8,18 +8,41 @@ from sentence_transformers import SentenceTransformer
 
 from retromae_st.bow_max_pool import bow_max_pool
 from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling
-from retromae_st.masking import RetroMAEMasks, maskable_tokens
+from retromae_st.masking import RetroMAEMasks, check_token_rules, decoder_targets, maskable_tokens
 from retromae_st.mlm_head import projection_parts
+from retromae_st.model_card import carried_over_card_data
 from retromae_st.retromae_loss import RetroMAELoss
 
 
 def ordinary_token_mask(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_tokens: torch.Tensor
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_tokens: torch.Tensor,
+    token_rules: str = "authors",
 ) -> torch.Tensor:
-    """``(B, L)`` bool: the tokens DupMAE's OT task reads and predicts (not special, not padding, not position 0)."""
-    ordinary = maskable_tokens(input_ids, attention_mask, special_tokens)
+    """``(B, L)`` bool: the positions DupMAE's OT max-pool reads. ``"authors"``: every real position after
+    ``[CLS]``, ``[SEP]`` included (their ``ot_embedding`` pools ``logits[:, 1:]`` under the attention mask);
+    ``"skip_special"``: the real tokens after position 0 that are not special."""
+    if check_token_rules(token_rules) == "authors":
+        ordinary = attention_mask.bool().clone()
+    else:
+        ordinary = maskable_tokens(input_ids, attention_mask, special_tokens)
     ordinary[:, 0] = False
     return ordinary
+
+
+def bag_of_words_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_tokens: torch.Tensor,
+    token_rules: str = "authors",
+) -> torch.Tensor:
+    """``(B, L)`` bool: the tokens the BoW target counts. ``"authors"``: the text's own tokens, i.e. every real
+    position but the first and the last (their collator counts ``token_ids``, which hold ``[UNK]`` and any
+    in-text special id but not the added ``[CLS]``/``[SEP]``); ``"skip_special"``: the non-special tokens."""
+    if check_token_rules(token_rules) == "authors":
+        return decoder_targets(input_ids, attention_mask, special_tokens, token_rules)
+    return ordinary_token_mask(input_ids, attention_mask, special_tokens, token_rules)
 
 
 def bag_of_words_target(
@@ -28,10 +51,11 @@ def bag_of_words_target(
     vocab_size: int,
     positions: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The authors' BoW target ``(B, V)``: ``1 / n`` at every distinct ordinary token of a row of ``n`` of them.
+    """The authors' BoW target ``(B, V)``: ``1 / n`` at every distinct counted token of a row of ``n`` of them
+    (``ordinary``: the counted tokens, :func:`bag_of_words_tokens`).
 
     As in the authors' collator the weight is assigned, not accumulated: a repeated token gets ``1 / n``
-    once, so a row sums to ``#distinct / n``. Rows without ordinary tokens are all zeros. ``positions``
+    once, so a row sums to ``#distinct / n``. Rows without counted tokens are all zeros. ``positions``
     is ``ordinary.nonzero(as_tuple=True)`` when the caller has it already.
     """
     rows, columns = ordinary.nonzero(as_tuple=True) if positions is None else positions
@@ -55,6 +79,7 @@ class DupMAELoss(RetroMAELoss):
         decoder_mask_ratio: float = 0.5,
         decoder_pool_size: int = 256,
         bow_loss_weight: float = 0.1,
+        token_rules: str = "authors",
         chunk_size: int | None = None,
     ) -> None:
         """
@@ -71,17 +96,19 @@ class DupMAELoss(RetroMAELoss):
           embeddings passed through the embeddings' LayerNorm and dropout (RetroMAE's ``modeling.py`` adds
           position embeddings only); :meth:`decoder_inputs` is overridden to match;
         - BoW target: ``1 / n`` *assigned* to each distinct token of the ``n`` content tokens, so repeated
-          tokens count once (:func:`bag_of_words_target`);
-        - deviation: the OT max-pool excludes ``[SEP]`` and other special tokens (the authors pool every
-          non-padding position after ``[CLS]``, ``[SEP]`` included), per the issue's definition of ordinary
-          tokens; the same rule is used at inference by :class:`retromae_st.DupMAEPooling`;
+          tokens count once (:func:`bag_of_words_target`); with ``token_rules="authors"`` the content tokens
+          are every position but ``[CLS]`` and the final ``[SEP]``, ``[UNK]`` included, as in their collator;
+        - OT max-pool: with ``token_rules="authors"`` (default) every non-padding position after ``[CLS]``,
+          ``[SEP]`` included, as the authors' ``ot_embedding``; with ``"skip_special"`` only the non-special
+          tokens (both the pool and the target; the rule of earlier versions). :func:`build_dupmae_model`
+          gives :class:`retromae_st.DupMAEPooling` the same rule, so inference pools what training pooled;
         - one vocabulary projection of the pooled positions, chunk by chunk, serves both the encoder MLM
           loss and the OT max-pool (the authors compute ``B x L x V`` logits and keep them for backward);
-          padding and special positions are never projected. Nothing ``N x V`` is kept: the backward of
-          the max-pool needs only the ``B x V`` arg-max positions and that of the cross-entropy is computed
-          in the forward pass (:mod:`retromae_st.bow_max_pool`); the same loss and gradients as the logits
-          kept for autograd (ties: the gradient split evenly between the positions holding the max, as
-          autograd's ``amax`` does), tested in ``tests/test_bow_max_pool.py``.
+          padding (and ``[CLS]``) is never projected. Nothing ``N x V`` is kept: the max-pool's backward
+          needs only the ``B x V`` arg-max positions and the cross-entropy's is computed in the forward pass
+          (:mod:`retromae_st.bow_max_pool`). Same loss and gradients as logits kept for autograd (ties: the
+          gradient split evenly between the positions holding the max, as autograd's ``amax`` does), tested
+          in ``tests/test_bow_max_pool.py``.
 
         Args:
             model: A SentenceTransformer of a BERT-family ``Transformer`` + ``Pooling(pooling_mode="cls")``
@@ -90,6 +117,8 @@ class DupMAELoss(RetroMAELoss):
             decoder_mask_ratio: Fraction of tokens each decoder position cannot see.
             decoder_pool_size: Number of decoder masks drawn per example.
             bow_loss_weight: Weight of the BoW term (authors' default 0.1); must be >= 0.
+            token_rules: ``"authors"`` (default) or ``"skip_special"``, as in :class:`retromae_st.RetroMAELoss`;
+                also decides the OT max-pool's positions and the BoW target's tokens (see above).
             chunk_size: Pooled positions projected onto the vocabulary at once (memory ``chunk_size x V``
                 float32 logits); ``None`` (default) keeps a chunk at 2**24 values (64 MiB). Does not change
                 the loss or its gradients.
@@ -132,6 +161,7 @@ class DupMAELoss(RetroMAELoss):
             encoder_mask_ratio=encoder_mask_ratio,
             decoder_mask_ratio=decoder_mask_ratio,
             decoder_pool_size=decoder_pool_size,
+            token_rules=token_rules,
         )
         if isinstance(bow_loss_weight, bool) or not isinstance(bow_loss_weight, (int, float)):
             raise TypeError(f"bow_loss_weight must be a float >= 0, got {type(bow_loss_weight).__name__}")
@@ -144,6 +174,8 @@ class DupMAELoss(RetroMAELoss):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.chunk_size = chunk_size
 
+    term_names = (*RetroMAELoss.term_names, "bow")
+
     @property
     def head_vocab_size(self) -> int:
         return projection_parts(self.mlm_head)[1].size(0)
@@ -154,11 +186,13 @@ class DupMAELoss(RetroMAELoss):
         """Encoder MLM, decoder MLM and the weighted BoW loss of a batch under the given masks."""
         input_ids = features["input_ids"]
         token_embeddings = self.encode(features, masks.encoder_input_ids)
-        pooled = ordinary_token_mask(input_ids, features["attention_mask"], self.special_tokens)
+        attention_mask = features["attention_mask"]
+        pooled = ordinary_token_mask(input_ids, attention_mask, self.special_tokens, self.token_rules)
         ot_vector, encoder_mlm = self.ot_vector_and_encoder_mlm(
             token_embeddings, pooled, masks.encoder_labels
         )
-        target = bag_of_words_target(input_ids, pooled, self.head_vocab_size)
+        counted = bag_of_words_tokens(input_ids, attention_mask, self.special_tokens, self.token_rules)
+        target = bag_of_words_target(input_ids, counted, self.head_vocab_size)
         return {
             "encoder_mlm": encoder_mlm,
             "decoder_mlm": self.decoder_loss(token_embeddings[:, 0], input_ids, masks),
@@ -169,7 +203,8 @@ class DupMAELoss(RetroMAELoss):
         self, token_embeddings: torch.Tensor, pooled: torch.Tensor, encoder_labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The OT vector ``(B, V)`` and the encoder MLM loss from one chunked vocabulary projection of the
-        pooled positions (:func:`retromae_st.bow_max_pool.bow_max_pool`)."""
+        pooled positions (:func:`retromae_st.bow_max_pool.bow_max_pool`). Every encoder label lies at a
+        pooled position (masking only labels real, non-``[CLS]`` tokens)."""
         rows, columns = pooled.nonzero(as_tuple=True)  # one host synchronisation for the pooled positions
         transform, weight, bias = projection_parts(self.mlm_head)
         return bow_max_pool(
@@ -196,7 +231,7 @@ class DupMAELoss(RetroMAELoss):
 
     @property
     def citation(self) -> str:
-        return DUPMAE_CITATION
+        return DUPMAE_CITATION + super().citation  # DupMAE's objective includes RetroMAE's
 
 
 def build_dupmae_model(
@@ -210,7 +245,8 @@ def build_dupmae_model(
     :class:`retromae_st.DupMAEPooling` holding a copy of ``loss``'s (trained) MLM head, with
     ``similarity_fn_name="dot"`` so that ``model.similarity`` is the paper's score.
 
-    The Transformer module is shared with ``loss.model`` (not copied): save the result to freeze it.
+    The pooling pools the positions ``loss`` pooled in training (its ``token_rules``). The Transformer module
+    is shared with ``loss.model`` (not copied): save the result to freeze it.
     """
     if not isinstance(loss, DupMAELoss):
         raise TypeError(f"loss must be a DupMAELoss, got {type(loss).__name__}")
@@ -225,6 +261,11 @@ def build_dupmae_model(
         projection_dim=projection_dim,
         activation=activation,
         chunk_size=chunk_size,
+        token_rules=loss.token_rules,
     )
-    model = SentenceTransformer(modules=[transformer, pooling], similarity_fn_name="dot")
+    model = SentenceTransformer(
+        modules=[transformer, pooling],
+        similarity_fn_name="dot",
+        model_card_data=carried_over_card_data(loss.model.model_card_data),
+    )
     return model.to(next(transformer.parameters()).device)
