@@ -8,9 +8,10 @@ Evaluation commands (see docs/evaluation.md)::
     retromae-st eval all      --model PATH --senteval DIR --beir BEIR_FOLDER [...] --output DIR
     retromae-st eval compare  RESULT.json RESULT.json [...] --output DIR [--plot]
 
-Pre-training::
+Training (retromae_st/training_cli.py; every SentenceTransformerTrainingArguments field is a flag too)::
 
-    retromae-st pretrain --model PATH_OR_HUB_ID --corpus TEXT_FILE --output DIR [--max-steps N ...]
+    retromae-st pretrain --method retromae|dupmae --model PATH_OR_HUB_ID --corpus FILE_OR_GLOB ... --output DIR
+    retromae-st stage2 --model STAGE1/masked_lm --data msmarco=pairs.tsv nli=triplets.tsv --output DIR
 
 Each command group is added by its own ``add_<group>_commands(subparsers)`` function.
 """
@@ -398,62 +399,26 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=command_eval_compare)
 
 
-def command_pretrain(args: argparse.Namespace) -> int:
-    from retromae_st.pretraining import pretrain
+# Training commands (retromae_st/training_cli.py) ----------------------------------------------------------------------
 
-    result = pretrain(
-        args.model,
-        args.corpus,
-        args.output,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        max_seq_length=args.max_seq_length,
-        learning_rate=args.learning_rate,
-        encoder_mask_ratio=args.encoder_mask_ratio,
-        decoder_mask_ratio=args.decoder_mask_ratio,
-        resume_from_checkpoint=True if args.resume else None,
-        seed=args.seed,
-        group_by_length=args.group_by_length,
-        bf16={"auto": "auto", "on": True, "off": False}[args.bf16],
-    )
-    print(f"corpus rows dropped: {result.dropped}")
-    print(f"sentence-transformers model: {result.sentence_transformer_dir}")
-    if result.masked_lm_dir:
-        print(f"BertForMaskedLM checkpoint: {result.masked_lm_dir}")
-    return 0
+#: command -> (help, "module:function" registering its full parser); the parser is built only when that command runs.
+TRAINING_COMMANDS = {
+    "pretrain": ("RetroMAE / DupMAE pre-training on a text corpus", "add_pretrain_parser"),
+    "stage2": ("stage 2: RetroMAE + contrastive learning on pairs / NLI triplets", "add_stage2_parser"),
+}
 
 
-def add_pretrain_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``retromae-st pretrain``."""
-    pretrain = subparsers.add_parser(
-        "pretrain", help="RetroMAE pre-training on a text file (one text per line)"
-    )
-    pretrain.add_argument("--model", required=True, help="BERT-family checkpoint folder or hub id")
-    pretrain.add_argument("--corpus", required=True, help="UTF-8 text file, one passage per line")
-    pretrain.add_argument("--output", required=True, help="writes final/ (ST), masked_lm/ and checkpoints/")
-    pretrain.add_argument("--max-steps", type=int, default=1000)
-    pretrain.add_argument("--batch-size", type=int, default=32)
-    pretrain.add_argument("--max-seq-length", type=int, default=256)
-    pretrain.add_argument("--learning-rate", type=float, default=1e-4)
-    pretrain.add_argument("--encoder-mask-ratio", type=float, default=0.3)
-    pretrain.add_argument("--decoder-mask-ratio", type=float, default=0.5)
-    pretrain.add_argument("--seed", type=int, default=42)
-    pretrain.add_argument(
-        "--bf16",
-        nargs="?",
-        const="on",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="bf16 autocast; auto (default): on for CUDA devices with bf16 support, off on CPU; --bf16: on",
-    )
-    pretrain.add_argument(
-        "--no-group-by-length",
-        dest="group_by_length",
-        action="store_false",
-        help="draw batches uniformly at random instead of grouping texts of similar length",
-    )
-    pretrain.add_argument("--resume", action="store_true", help="resume from the last checkpoint in OUTPUT")
-    pretrain.set_defaults(func=command_pretrain)
+def add_training_commands(subparsers: argparse._SubParsersAction, argv: Sequence[str]) -> None:
+    """Register ``retromae-st pretrain`` and ``stage2``: in full for the command being run, else as a
+    one-line entry (their trainer flags need transformers, which ``retromae-st --help`` does not import)."""
+    command = first_command(argv)
+    for name, (help_text, builder) in TRAINING_COMMANDS.items():
+        if name == command:
+            from retromae_st import training_cli
+
+            getattr(training_cli, builder)(subparsers, argv)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -461,28 +426,45 @@ def add_pretrain_commands(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def first_command(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retromae-st", description="RetroMAE / DupMAE for sentence-transformers"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    add_pretrain_commands(subparsers)
-    add_eval_commands(subparsers)
+    add_training_commands(subparsers, argv)
+    if first_command(argv) in (None, "eval"):
+        add_eval_commands(subparsers)
+    else:  # building the eval parsers imports the eval modules (slow); not needed for other commands
+        subparsers.add_parser(
+            "eval", help="evaluate a model: STS, SentEval transfer, BEIR retrieval", add_help=False
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+    except (FileNotFoundError, ValueError) as error:  # a bad --config-file
+        print(f"retromae-st: error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
         return args.func(args)
-    except (OSError, ValueError) as error:  # FileNotFoundError, PermissionError, FileExistsError
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"retromae-st: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # permission denied, disk full, read-only file system: one line, no traceback
+        print(f"retromae-st: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
