@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -169,3 +170,21 @@ def _head_cross_entropy(
         )
     logits = head(hidden).float()
     return ignored_mean_cross_entropy(logits, targets) if ignore else F.cross_entropy(logits, targets)
+
+
+def projection_parts(
+    head: nn.Module,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """``(transform, weight, bias)`` of an MLM head: ``head(h) == F.linear(transform(h), weight, bias)``.
+
+    For the fused paths that project onto the vocabulary themselves (no ``N x V`` logits kept). This is
+    the BERT layout (``predictions.transform`` + ``predictions.decoder``).
+    """
+    predictions = getattr(head, "predictions", None)
+    decoder = getattr(predictions, "decoder", None)
+    if not isinstance(decoder, nn.Linear) or not hasattr(predictions, "transform"):
+        raise TypeError(
+            f"{type(head).__name__} does not have the BertOnlyMLMHead layout (predictions.transform + "
+            "predictions.decoder)"
+        )
+    return predictions.transform, decoder.weight, decoder.bias
