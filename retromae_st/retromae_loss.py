@@ -143,6 +143,9 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         self.register_buffer("word_starts", word_start_table(tokenizer), persistent=False)
         self.register_buffer("special_tokens", special_token_table(tokenizer), persistent=False)
         self.register_buffer("boundary_tokens", boundary_token_table(tokenizer), persistent=False)
+        #: Warn (once) when a batch's texts reach max_seq_length: they may have been truncated. Off for
+        #: packed blocks (:func:`retromae_st.pack_corpus`), which fill it exactly and lose nothing.
+        self.warn_on_full_length = True
         self._warned_full_length = False
         self.skipped_batches = 0  #: batches with nothing to reconstruct, trained as zero-gradient steps
 
@@ -236,16 +239,19 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         return features
 
     def check_has_content(self, features: dict[str, torch.Tensor]) -> None:
-        """Checks a batch's content: warns once when texts fill ``max_seq_length`` (they were truncated).
+        """Checks a batch's content: warns once when texts reach ``max_seq_length`` (they may have been
+        truncated; not for packed blocks, see ``warn_on_full_length``).
         A batch with nothing to reconstruct is not an error (see :meth:`skipped_batch_terms`)."""
         input_ids, attention_mask = features["input_ids"], features["attention_mask"]
         max_length = self.transformer.max_seq_length
-        if not self._warned_full_length and max_length and input_ids.size(1) >= max_length:
+        warn = self.warn_on_full_length and not self._warned_full_length
+        if warn and max_length and input_ids.size(1) >= max_length:
             if bool((attention_mask.sum(dim=1) >= max_length).any()):
                 self._warned_full_length = True
                 logger.warning(
-                    "Some texts fill max_seq_length=%d and were truncated; the rest of them is not trained on. "
-                    "Raise model.max_seq_length or split long documents into passages.",
+                    "Some texts reach max_seq_length=%d: any text longer than that was truncated and its rest is "
+                    "not trained on. Pack the corpus (retromae_st.pack_corpus; pretrain does by default), raise "
+                    "model.max_seq_length or split long documents into passages.",
                     max_length,
                 )
 
