@@ -245,7 +245,8 @@ def test_load_cls_model_missing_path_is_a_clear_error(tmp_path):
 
 def test_full_length_warning_is_off_for_packed_blocks(tiny_model, caplog):
     loss = RetroMAELoss(tiny_model)
-    loss.warn_on_full_length = False  # what pretrain(pack=True) sets: packed blocks fill max_seq_length exactly
+    # What pretrain(pack=True) sets: packed blocks fill max_seq_length exactly.
+    loss.warn_on_full_length = False
     with caplog.at_level(logging.WARNING):
         loss([features_of(tiny_model, ["word " * 5000, "short text"])])
     assert "max_seq_length" not in caplog.text
