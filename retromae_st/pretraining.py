@@ -33,7 +33,7 @@ class PretrainingResult:
     model: SentenceTransformer
     loss: RetroMAELoss
     sentence_transformer_dir: str  #: plain ST folder (Transformer + CLS pooling)
-    masked_lm_dir: str | None  #: BertForMaskedLM folder to continue pre-training from (BERT encoders)
+    masked_lm_dir: str | None  #: *ForMaskedLM folder (+ trained decoder) to continue pre-training from
     dropped: DroppedRows
 
 
@@ -123,8 +123,6 @@ def pretrain(
 
     final_dir = os.path.join(output_dir, "final")
     model.save(final_dir)
-    masked_lm_dir = None
-    if model[0].auto_model.config.model_type == "bert":
-        masked_lm_dir = os.path.join(output_dir, "masked_lm")
-        save_as_masked_lm(model, loss, masked_lm_dir)
+    masked_lm_dir = os.path.join(output_dir, "masked_lm")
+    save_as_masked_lm(model, loss, masked_lm_dir)
     return PretrainingResult(model, loss, final_dir, masked_lm_dir, dropped)
