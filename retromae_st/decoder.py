@@ -29,7 +29,8 @@ def init_like_bert(module: nn.Module, initializer_range: float = 0.02) -> None:
                 nn.init.zeros_(layer.bias)
         elif isinstance(layer, nn.LayerNorm):
             nn.init.ones_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 class EnhancedDecoderLayer(nn.Module):
