@@ -177,3 +177,16 @@ def test_resume_mid_run_restores_the_decoder_of_a_non_bert_family(family, tmp_pa
         assert got[step] == pytest.approx(expected[step], abs=1e-4), step
     for key, tensor in full_loss.training_state_dict().items():
         assert torch.allclose(resumed_loss.training_state_dict()[key], tensor, atol=1e-5), key
+
+
+@pytest.mark.slow  # ~50 s on the shared 2-core machine: two torchrun ranks
+@pytest.mark.parametrize("family", ["modernbert"])
+def test_two_rank_gloo_step_equals_one_process_for_a_non_bert_family(family, tmp_path):
+    from tests.test_reliability_distributed import run_ddp_equivalence
+
+    path = build_family_checkpoint(family, tmp_path / "mlm")
+    result = run_ddp_equivalence("retromae", path, tmp_path / "result.json")
+    assert result["ddp_loss"] == pytest.approx(result["single_loss"], abs=1e-5)
+    assert result["grad_names_equal"]
+    assert result["max_grad_diff"] < 1e-5
+    assert result["max_unsynced_decoder_grad_diff"] > 1e-4
