@@ -170,3 +170,33 @@ def build_family_checkpoint(family: str, directory: Path, with_mlm_head: bool = 
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def byte_fallback_bpe() -> PreTrainedTokenizerFast:
+    """A Llama-style tokenizer: BPE over Metaspace pieces with SentencePiece's byte fallback (``<0xNN>``
+    pieces for characters outside the vocabulary), no prefix space before a text's first word."""
+    import json
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<mask>"]
+    backend.train_from_iterator(
+        corpus_lines(200), trainers.BpeTrainer(vocab_size=600, special_tokens=specials)
+    )
+    spec = json.loads(backend.to_str())
+    vocab = spec["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    backend = Tokenizer.from_str(json.dumps(spec))
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **ROBERTA_SPECIALS)
+
+
+def metaspace_without_prefix() -> PreTrainedTokenizerFast:
+    """XLM-R's Unigram/Metaspace tokenizer, but without the ``▁`` before a text's first word."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_unigram_metaspace(prepend_scheme="never"), **ROBERTA_SPECIALS
+    )
