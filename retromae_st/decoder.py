@@ -116,17 +116,19 @@ class EnhancedDecoderLayer(nn.Module):
         give the layer a learned position table of ``config.max_position_embeddings`` rows.
         """
         return cls(
-            hidden_size=config.hidden_size,
-            num_attention_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
+            hidden_size=_config_value(config, "hidden_size"),
+            num_attention_heads=_config_value(config, "num_attention_heads"),
+            intermediate_size=_config_value(config, "intermediate_size"),
             hidden_act=_config_value(config, "hidden_act", "hidden_activation"),
             layer_norm_eps=_config_value(config, "layer_norm_eps", "norm_eps"),
             hidden_dropout_prob=_config_value(config, "hidden_dropout_prob", "mlp_dropout"),
             attention_probs_dropout_prob=_config_value(
                 config, "attention_probs_dropout_prob", "attention_dropout"
             ),
-            initializer_range=config.initializer_range,
-            max_position_embeddings=config.max_position_embeddings if own_positions else None,
+            initializer_range=_config_value(config, "initializer_range"),
+            max_position_embeddings=_config_value(config, "max_position_embeddings")
+            if own_positions
+            else None,
         )
 
     def reset_parameters(self, initializer_range: float = 0.02) -> None:
@@ -175,7 +177,10 @@ def _config_value(config: PretrainedConfig, *names: str) -> Any:
         value = getattr(config, name, None)
         if value is not None:
             return value
-    raise ValueError(f"{type(config).__name__} has none of {names}, which the RetroMAE decoder needs")
+    raise ValueError(
+        f"{type(config).__name__} ({config.model_type!r}) has none of {names}, which the RetroMAE decoder needs; "
+        "supported encoders: BERT, RoBERTa, XLM-RoBERTa, ModernBERT (see docs/families.md)"
+    )
 
 
 def save_decoder(decoder: EnhancedDecoderLayer, output_dir: str, loss_name: str) -> None:

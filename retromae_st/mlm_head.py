@@ -274,6 +274,16 @@ def _bert_head(
     else:
         init_like_bert(head, getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(head.predictions.bias)
+        if config.model_type != "bert" and any(
+            name.endswith("ForMaskedLM") for name in getattr(config, "architectures", None) or []
+        ):
+            logger.warning(
+                "%s is a %s masked LM whose MLM head retromae-st does not know how to read (known: BERT's "
+                "cls.predictions and %s): its head is NOT used, a new one is trained from scratch",
+                name_or_path,
+                config.model_type,
+                ", ".join(sorted(HEAD_LAYOUTS)),
+            )
         logger.info(
             "No pretrained MLM head in %s: initialised a new one tied to the word embeddings", name_or_path
         )
@@ -336,7 +346,8 @@ def head_from_layout(
                 f"({layout.dense}, {layout.norm}, {layout.projection}): missing {missing}, unexpected {unexpected}"
             )
         head.load_state_dict(state, strict=False)
-        logger.info("Loaded the pretrained MLM head of %s (%s)", name_or_path, layout.dense.rsplit(".", 1)[0])
+        parts = sorted({name.split(".")[0] for name in (layout.dense, layout.norm, layout.projection)})
+        logger.info("Loaded the pretrained MLM head of %s (%s)", name_or_path, " + ".join(parts))
     else:
         tied = True
         init_like_bert(head, getattr(config, "initializer_range", 0.02))

@@ -143,6 +143,13 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
                 f"{type(encoder).__name__} is not a supported encoder: RetroMAE needs an `embeddings` module and "
                 "word embeddings (`get_input_embeddings()`), as BERT, RoBERTa, XLM-RoBERTa and ModernBERT have"
             )
+        hidden_size = getattr(encoder.config, "hidden_size", None)
+        if word_embeddings.embedding_dim != hidden_size:
+            raise ValueError(
+                f"{type(encoder).__name__} embeds tokens in {word_embeddings.embedding_dim} dimensions but its hidden "
+                f"size is {hidden_size}: RetroMAE's decoder adds the sentence embedding to the token embeddings, "
+                "so they must have the same width (e.g. ELECTRA with embedding_size != hidden_size is not supported)"
+            )
         if transformer.tokenizer is None or transformer.tokenizer.mask_token_id is None:
             raise ValueError("model's tokenizer has no mask token, which masked auto-encoding needs")
         pooling = modules[1] if len(modules) > 1 else None

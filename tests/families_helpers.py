@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from tests.conftest import SAMPLE_CORPUS
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "modernbert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "modernbert", "deberta-v2")
 
 #: Words of the distributed test's texts, so that they are single tokens in every vocabulary.
 EXTRA_TEXT = (
@@ -102,7 +102,7 @@ def _unigram_metaspace(prepend_scheme: str = "always") -> Tokenizer:
 @functools.cache
 def family_tokenizer(family: str) -> PreTrainedTokenizerFast:
     """The trained tokenizer of ``family`` (cached: training takes a few seconds)."""
-    if family == "bert":
+    if family in ("bert", "deberta-v2"):
         backend, specials = _wordpiece(), BERT_SPECIALS
     elif family == "roberta":
         backend = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s>", "</s>")
@@ -119,7 +119,7 @@ def family_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 def family_config(family: str, tokenizer: PreTrainedTokenizerFast):
     """A 2-layer, 64-wide config of ``family`` for ``tokenizer``."""
-    from transformers import BertConfig, ModernBertConfig, RobertaConfig, XLMRobertaConfig
+    from transformers import BertConfig, DebertaV2Config, ModernBertConfig, RobertaConfig, XLMRobertaConfig
 
     common = {
         "vocab_size": len(tokenizer),
@@ -131,6 +131,9 @@ def family_config(family: str, tokenizer: PreTrainedTokenizerFast):
     }
     if family == "bert":
         return BertConfig(**common, max_position_embeddings=128)
+    if family == "deberta-v2":
+        # The legacy layout (BERT's cls.predictions head) with absolute positions added to the input.
+        return DebertaV2Config(**common, max_position_embeddings=128, legacy=True, position_biased_input=True)
     if family in ("roberta", "xlm-roberta"):
         config_class = RobertaConfig if family == "roberta" else XLMRobertaConfig
         return config_class(

@@ -1,4 +1,5 @@
-"""BERT, RoBERTa, XLM-RoBERTa and ModernBERT encoders: their own MLM heads, training, exports with the decoder."""
+"""BERT, RoBERTa, XLM-RoBERTa, ModernBERT (and DeBERTa-v2 in its legacy BERT-head layout) encoders: their own
+MLM heads, training, exports with the decoder."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import AutoModelForMaskedLM
 from retromae_st import DupMAELoss, RetroMAELoss, load_cls_model, save_as_masked_lm
 from retromae_st.checkpointing import LOSS_STATE_DIR
 from retromae_st.decoder import DECODER_CONFIG, DECODER_WEIGHTS
-from retromae_st.mlm_head import MaskedLMHead, projection_parts
+from retromae_st.mlm_head import HEAD_LAYOUTS, MaskedLMHead, projection_parts
 from tests.conftest import average_loss_terms, train_on
 from tests.families_helpers import FAMILIES, build_family_checkpoint, corpus_lines
 from tests.test_training import logged_terms, make_trainer
@@ -57,7 +58,7 @@ def test_loss_uses_the_checkpoints_own_head(family_dir, caplog):
     assert weight is model[0].auto_model.get_input_embeddings().weight
     reference_bias = reference.get_output_embeddings().bias
     assert torch.equal(bias, reference_bias) and bool(reference_bias.abs().sum() > 0)
-    if reference.config.model_type != "bert":
+    if reference.config.model_type in HEAD_LAYOUTS:
         assert isinstance(loss.mlm_head, MaskedLMHead)
         assert "mlm_head.decoder.weight" not in loss.training_state_dict()
 
