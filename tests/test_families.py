@@ -191,3 +191,24 @@ def test_two_rank_gloo_step_equals_one_process_for_a_non_bert_family(family, tmp
     assert result["grad_names_equal"]
     assert result["max_grad_diff"] < 1e-5
     assert result["max_unsynced_decoder_grad_diff"] > 1e-4
+
+
+def test_stage2_loss_starts_from_the_exported_decoder_and_trains_every_part(family_dir, tmp_path):
+    from retromae_st.retromae_contrastive_loss import RetroMAEContrastiveLoss
+
+    model, loss = trained_loss(family_dir, steps=1)
+    save_as_masked_lm(model, loss, str(tmp_path / "masked_lm"))
+    stage2_model = load(tmp_path / "masked_lm")
+    stage2 = RetroMAEContrastiveLoss(stage2_model, mae_loss="retromae")
+    assert torch.equal(stage2.mae_loss.decoder.query.weight, loss.decoder.query.weight)
+    columns = [stage2_model.tokenize(TEXTS[0:4]), stage2_model.tokenize([t[: len(t) // 2] for t in TEXTS[0:4]])]
+    terms = stage2(columns)
+    assert set(terms) == {"contrastive", "encoder_mlm", "decoder_mlm"}
+    sum(terms.values()).backward()
+    _, _, bias = projection_parts(stage2.mae_loss.mlm_head)
+    for name, parameter in {
+        "encoder word embeddings": stage2_model[0].auto_model.get_input_embeddings().weight,
+        "decoder": stage2.mae_loss.decoder.query.weight,
+        "MLM head bias": bias,
+    }.items():
+        assert parameter.grad is not None and bool(parameter.grad.abs().sum() > 0), name
