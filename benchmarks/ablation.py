@@ -121,6 +121,8 @@ class MLMOnlyLoss(RetroMAELoss):
             self.special_tokens,
             self.encoder_mask_ratio,
             generator,
+            token_rules=self.token_rules,
+            boundary=self.boundary_tokens,
         )
         encoder_input_ids, labels = bert_mask_replacement(
             input_ids, masked, self.mask_token_id, self.vocab_size, generator

@@ -1,7 +1,7 @@
 """Masking throughput: our vectorised masks vs the authors' per-example collator, same run.
 
     OMP_NUM_THREADS=1 python benchmarks/masking_speed.py [--batch-size 32] [--lengths 128 256 512] [--repeats 3]
-        [--threads 1] [--clock cpu|wall]
+        [--threads 1] [--clock cpu|wall] [--token-rules authors|skip_special]
 
 Both start from token ids of the same batch (the authors' collator from per-example id lists, ours
 from the padded tensors the sentence-transformers collator produces) and build the full set of
@@ -26,7 +26,13 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from benchmarks.reference_retromae import ReferenceRetroMAECollator  # noqa: E402
-from retromae_st.masking import retromae_masks, special_token_table, word_start_table  # noqa: E402
+from retromae_st.masking import (  # noqa: E402
+    TOKEN_RULES,
+    boundary_token_table,
+    retromae_masks,
+    special_token_table,
+    word_start_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +83,7 @@ def main() -> None:
         help="cpu: process CPU time (robust to other jobs on a shared machine; single-threaded runs); "
         "wall: elapsed time (use on a GPU or with several threads)",
     )
+    parser.add_argument("--token-rules", choices=TOKEN_RULES, default="authors")
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
@@ -86,12 +93,14 @@ def main() -> None:
     sentences = (REPO / "examples" / "data" / "sample_corpus.txt").read_text(encoding="utf-8").splitlines()
     word_starts = word_start_table(tokenizer).to(args.device)
     special = special_token_table(tokenizer).to(args.device)
+    boundary = boundary_token_table(tokenizer).to(args.device)
     reference = ReferenceRetroMAECollator(tokenizer, 0.3, 0.5)
     random.seed(0)
     torch.manual_seed(0)
 
     print(
-        f"device={args.device} batch={args.batch_size} torch threads={torch.get_num_threads()} clock={args.clock}"
+        f"device={args.device} batch={args.batch_size} torch threads={torch.get_num_threads()} clock={args.clock} "
+        f"token_rules={args.token_rules}"
     )
     print(f"{'length':>6} {'authors ex/s':>13} {'ours ex/s':>10} {'speed-up':>9}")
     for length in args.lengths:
@@ -109,6 +118,8 @@ def main() -> None:
                 len(tokenizer),
                 0.3,
                 0.5,
+                token_rules=args.token_rules,
+                boundary=boundary,
             )
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()

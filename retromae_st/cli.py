@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,12 +38,13 @@ def load_model(path: str, device: str | None = None, max_seq_length: int | None 
     """Load a SentenceTransformer from a folder (or a hub name when online), with a clear error if it is missing."""
     from sentence_transformers import SentenceTransformer
 
-    looks_local = os.path.sep in path or path.startswith(".") or Path(path).exists()
-    if looks_local and not Path(path).is_dir():
-        raise FileNotFoundError(f"model folder not found: {path}")
     from retromae_st.dupmae_pooling import is_dupmae_folder, load_dupmae_model
+    from retromae_st.model_location import model_location, naming_hub_failures
 
-    if looks_local and is_dupmae_folder(path):
+    if model_location(path) == "hub":
+        with naming_hub_failures(path):
+            model = SentenceTransformer(path, device=device)
+    elif is_dupmae_folder(path):
         model = load_dupmae_model(path, device=device)
     else:
         model = SentenceTransformer(path, device=device)

@@ -7,9 +7,13 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datasets import Dataset, Features, IterableDataset, Value, load_dataset
+from transformers import PreTrainedTokenizerBase
+
+from retromae_st.masking import check_token_rules
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +42,12 @@ def _check_column(dataset: Dataset, column: str) -> None:
 
 
 def prepare_text_dataset(
-    dataset: Dataset, column: str = "text", max_chars: int | None = 20_000
+    dataset: Dataset,
+    column: str = "text",
+    max_chars: int | None = 20_000,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    token_rules: str = "authors",
+    max_seq_length: int | None = None,
 ) -> tuple[Dataset, DroppedRows]:
     """Keeps only ``column``, checks it holds text, and cleans it as the streamed corpora are cleaned.
 
@@ -49,12 +58,24 @@ def prepare_text_dataset(
     other non-string value is an error naming the row. The losses train on whatever the trainer hands
     them, so clean the data here rather than have a batch of empty texts stop a long run.
 
+    With a ``tokenizer`` (the model's), rows with nothing for the loss to reconstruct under its
+    ``token_rules`` (within ``max_seq_length`` tokens, default the tokenizer's ``model_max_length`` up to
+    512) are dropped and counted too: under ``"skip_special"`` a line that tokenises to nothing but
+    ``[UNK]`` (e.g. emoji with an English vocabulary); under ``"authors"`` such a line is kept (its
+    ``[UNK]`` are predicted), so only rows without any token are dropped.
+
     Returns:
         The cleaned single-column dataset, and the count of dropped rows by reason.
     """
     _check_column(dataset, column)
     _check_max_chars(max_chars)
     texts, dropped = _clean_columns(dataset, [column], max_chars)
+    if tokenizer is not None:
+        has_target = reconstruction_check(tokenizer, token_rules, max_seq_length)
+        keep = has_target(texts[column])
+        if not all(keep):
+            dropped.reasons[NOTHING_TO_RECONSTRUCT] += keep.count(False)
+        texts[column] = [text for text, kept in zip(texts[column], keep, strict=True) if kept]
     if not texts[column]:
         raise ValueError(f"column {column!r} has no non-empty text ({dropped})")
     if dropped.total:
@@ -99,6 +120,36 @@ def prepare_contrastive_dataset(
             "prepare_contrastive_dataset dropped %d of %d rows: %s", dropped.total, len(dataset), dropped
         )
     return _with_columns(dataset, texts), dropped
+
+
+#: The drop reason of rows whose tokens hold nothing for the loss to reconstruct.
+NOTHING_TO_RECONSTRUCT = "nothing to reconstruct after tokenisation (e.g. only [UNK])"
+
+
+def reconstruction_check(
+    tokenizer: PreTrainedTokenizerBase, token_rules: str = "authors", max_seq_length: int | None = None
+) -> Callable[[list[str]], list[bool]]:
+    """A function telling, for a list of texts, which ones give the loss something to reconstruct under
+    ``token_rules`` once tokenised and truncated to ``max_seq_length`` tokens (special tokens included):
+    under ``"authors"`` any token between ``[CLS]`` and ``[SEP]`` (``[UNK]`` included), under
+    ``"skip_special"`` a token that is not special. Texts are tokenised in one batched call."""
+    check_token_rules(token_rules)
+    if max_seq_length is None:
+        max_seq_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    content_length = max(1, max_seq_length - tokenizer.num_special_tokens_to_add(pair=False))
+    special = set(tokenizer.all_special_ids)
+
+    def has_target(texts: list[str]) -> list[bool]:
+        if not texts:
+            return []
+        encoded = tokenizer(
+            texts, add_special_tokens=False, truncation=True, max_length=content_length, verbose=False
+        )["input_ids"]
+        if token_rules == "authors":
+            return [len(ids) > 0 for ids in encoded]
+        return [any(token not in special for token in ids) for ids in encoded]
+
+    return has_target
 
 
 def _check_max_chars(max_chars: int | None) -> None:
@@ -191,9 +242,15 @@ def clean_text(value: object, row: int, column: str, max_chars: int | None) -> t
 
 
 def clean_text_stream(
-    dataset: IterableDataset, column: str = "text", max_chars: int | None = 20_000
+    dataset: IterableDataset,
+    column: str = "text",
+    max_chars: int | None = 20_000,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    token_rules: str = "authors",
+    max_seq_length: int | None = None,
 ) -> tuple[IterableDataset, DroppedRows]:
-    """Lazily cleans and filters a streamed text column (see :func:`clean_text`).
+    """Lazily cleans and filters a streamed text column (see :func:`clean_text`); with a ``tokenizer``, rows
+    with nothing to reconstruct under ``token_rules`` are dropped too (as in :func:`prepare_text_dataset`).
 
     Rows are dropped as the stream is read, so the returned :class:`DroppedRows` fills up during
     training (read it after ``trainer.train()``); each new drop reason is logged once with its row.
@@ -222,6 +279,23 @@ def clean_text_stream(
     cleaned = dataset.map(clean, with_indices=True, features=features).filter(
         lambda example: example[column] is not None
     )
+    if tokenizer is not None:
+        has_target = reconstruction_check(tokenizer, token_rules, max_seq_length)
+
+        def reconstructable(texts: list[str]) -> list[bool]:
+            keep = has_target(texts)
+            dropped_here = keep.count(False)
+            if dropped_here and not dropped.reasons[NOTHING_TO_RECONSTRUCT]:
+                logger.warning(
+                    "Dropping a row of the text corpus: %s, %r (further such rows are counted)",
+                    NOTHING_TO_RECONSTRUCT,
+                    texts[keep.index(False)][:80],
+                )
+            if dropped_here:
+                dropped.reasons[NOTHING_TO_RECONSTRUCT] += dropped_here
+            return keep
+
+        cleaned = cleaned.filter(reconstructable, input_columns=[column], batched=True, batch_size=256)
     return cleaned, dropped
 
 
@@ -229,9 +303,13 @@ def load_text_corpus(
     data_files: str | os.PathLike | list[str | os.PathLike],
     column: str = "text",
     max_chars: int | None = 20_000,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    token_rules: str = "authors",
+    max_seq_length: int | None = None,
 ) -> tuple[IterableDataset, DroppedRows]:
     """Streams a local corpus (``.txt``: one passage per line; ``.jsonl``: one object per line) without
-    loading it into memory, cleaned lazily by :func:`clean_text_stream`.
+    loading it into memory, cleaned lazily by :func:`clean_text_stream` (with a ``tokenizer``, rows with
+    nothing to reconstruct under ``token_rules`` are dropped and counted as well).
 
     Lines of a text file that are not valid UTF-8 are dropped (and counted) instead of stopping the
     run. Train with ``max_steps`` set, as for any ``IterableDataset``.
@@ -268,4 +346,4 @@ def load_text_corpus(
     )
     if builder == "text" and column != "text":
         dataset = dataset.rename_column("text", column)
-    return clean_text_stream(dataset, column, max_chars)
+    return clean_text_stream(dataset, column, max_chars, tokenizer, token_rules, max_seq_length)

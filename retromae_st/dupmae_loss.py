@@ -7,18 +7,40 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling
-from retromae_st.masking import RetroMAEMasks, maskable_tokens
+from retromae_st.masking import RetroMAEMasks, check_token_rules, decoder_targets, maskable_tokens
 from retromae_st.mlm_head import head_activation, projection_parts
 from retromae_st.retromae_loss import RetroMAELoss
 
 
 def ordinary_token_mask(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_tokens: torch.Tensor
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_tokens: torch.Tensor,
+    token_rules: str = "authors",
 ) -> torch.Tensor:
-    """``(B, L)`` bool: the tokens DupMAE's OT task reads and predicts (not special, not padding, not position 0)."""
-    ordinary = maskable_tokens(input_ids, attention_mask, special_tokens)
+    """``(B, L)`` bool: the positions DupMAE's OT max-pool reads. ``"authors"``: every real position after
+    ``[CLS]``, ``[SEP]`` included (their ``ot_embedding`` pools ``logits[:, 1:]`` under the attention mask);
+    ``"skip_special"``: the real tokens after position 0 that are not special."""
+    if check_token_rules(token_rules) == "authors":
+        ordinary = attention_mask.bool().clone()
+    else:
+        ordinary = maskable_tokens(input_ids, attention_mask, special_tokens)
     ordinary[:, 0] = False
     return ordinary
+
+
+def bag_of_words_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_tokens: torch.Tensor,
+    token_rules: str = "authors",
+) -> torch.Tensor:
+    """``(B, L)`` bool: the tokens the BoW target counts. ``"authors"``: the text's own tokens, i.e. every real
+    position but the first and the last (their collator counts ``token_ids``, which hold ``[UNK]`` and any
+    in-text special id but not the added ``[CLS]``/``[SEP]``); ``"skip_special"``: the non-special tokens."""
+    if check_token_rules(token_rules) == "authors":
+        return decoder_targets(input_ids, attention_mask, special_tokens, token_rules)
+    return ordinary_token_mask(input_ids, attention_mask, special_tokens, token_rules)
 
 
 def bag_of_words_target(
@@ -27,10 +49,11 @@ def bag_of_words_target(
     vocab_size: int,
     positions: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The authors' BoW target ``(B, V)``: ``1 / n`` at every distinct ordinary token of a row of ``n`` of them.
+    """The authors' BoW target ``(B, V)``: ``1 / n`` at every distinct counted token of a row of ``n`` of them
+    (``ordinary``: the counted tokens, :func:`bag_of_words_tokens`).
 
     As in the authors' collator the weight is assigned, not accumulated: a repeated token gets ``1 / n``
-    once, so a row sums to ``#distinct / n``. Rows without ordinary tokens are all zeros. ``positions``
+    once, so a row sums to ``#distinct / n``. Rows without counted tokens are all zeros. ``positions``
     is ``ordinary.nonzero(as_tuple=True)`` when the caller has it already.
     """
     rows, columns = ordinary.nonzero(as_tuple=True) if positions is None else positions
@@ -54,6 +77,7 @@ class DupMAELoss(RetroMAELoss):
         decoder_mask_ratio: float = 0.5,
         decoder_pool_size: int = 256,
         bow_loss_weight: float = 0.1,
+        token_rules: str = "authors",
     ) -> None:
         """
         DupMAE (RetroMAE-2) pre-training: :class:`retromae_st.RetroMAELoss` plus a bag-of-words (BoW)
@@ -69,14 +93,16 @@ class DupMAELoss(RetroMAELoss):
           embeddings passed through the embeddings' LayerNorm and dropout (RetroMAE's ``modeling.py`` adds
           position embeddings only); :meth:`decoder_inputs` is overridden to match;
         - BoW target: ``1 / n`` *assigned* to each distinct token of the ``n`` content tokens, so repeated
-          tokens count once (:func:`bag_of_words_target`);
-        - deviation: the OT max-pool excludes ``[SEP]`` and other special tokens (the authors pool every
-          non-padding position after ``[CLS]``, ``[SEP]`` included), per the issue's definition of ordinary
-          tokens; the same rule is used at inference by :class:`retromae_st.DupMAEPooling`;
-        - the MLM logits of the ordinary tokens are computed once and serve both the encoder MLM loss and
-          the OT max-pool (the authors compute ``B x L x V`` logits); padding and special positions are
-          never projected to the vocabulary. Backward needs these logits, so training memory is
-          ``(#ordinary tokens) x V``; inference (``DupMAEPooling``) is chunked.
+          tokens count once (:func:`bag_of_words_target`); with ``token_rules="authors"`` the content tokens
+          are every position but ``[CLS]`` and the final ``[SEP]``, ``[UNK]`` included, as in their collator;
+        - OT max-pool: with ``token_rules="authors"`` (default) every non-padding position after ``[CLS]``,
+          ``[SEP]`` included, as the authors' ``ot_embedding``; with ``"skip_special"`` only the non-special
+          tokens (both the pool and the target; the rule of earlier versions). :func:`build_dupmae_model`
+          gives :class:`retromae_st.DupMAEPooling` the same rule, so inference pools what training pooled;
+        - the MLM logits of the pooled positions are computed once and serve both the encoder MLM loss and
+          the OT max-pool (the authors compute ``B x L x V`` logits); padding (and ``[CLS]``) is never
+          projected to the vocabulary. Backward needs these logits, so training memory is
+          ``(#pooled positions) x V``; inference (``DupMAEPooling``) is chunked.
 
         Args:
             model: A SentenceTransformer of a BERT-family ``Transformer`` + ``Pooling(pooling_mode="cls")``
@@ -85,6 +111,8 @@ class DupMAELoss(RetroMAELoss):
             decoder_mask_ratio: Fraction of tokens each decoder position cannot see.
             decoder_pool_size: Number of decoder masks drawn per example.
             bow_loss_weight: Weight of the BoW term (authors' default 0.1); must be >= 0.
+            token_rules: ``"authors"`` (default) or ``"skip_special"``, as in :class:`retromae_st.RetroMAELoss`;
+                also decides the OT max-pool's positions and the BoW target's tokens (see above).
 
         References:
             - RetroMAE-2: Duplex Masked Auto-Encoder For Pre-Training Retrieval-Oriented Language Models
@@ -124,12 +152,15 @@ class DupMAELoss(RetroMAELoss):
             encoder_mask_ratio=encoder_mask_ratio,
             decoder_mask_ratio=decoder_mask_ratio,
             decoder_pool_size=decoder_pool_size,
+            token_rules=token_rules,
         )
         if isinstance(bow_loss_weight, bool) or not isinstance(bow_loss_weight, (int, float)):
             raise TypeError(f"bow_loss_weight must be a float >= 0, got {type(bow_loss_weight).__name__}")
         if not bow_loss_weight >= 0.0 or bow_loss_weight == float("inf"):
             raise ValueError(f"bow_loss_weight must be a finite float >= 0, got {bow_loss_weight}")
         self.bow_loss_weight = float(bow_loss_weight)
+
+    term_names = (*RetroMAELoss.term_names, "bow")
 
     @property
     def head_vocab_size(self) -> int:
@@ -141,11 +172,14 @@ class DupMAELoss(RetroMAELoss):
         """Encoder MLM, decoder MLM and the weighted BoW loss of a batch under the given masks."""
         input_ids = features["input_ids"]
         token_embeddings = self.encode(features, masks.encoder_input_ids)
-        ordinary = ordinary_token_mask(input_ids, features["attention_mask"], self.special_tokens)
+        attention_mask = features["attention_mask"]
+        ordinary = ordinary_token_mask(input_ids, attention_mask, self.special_tokens, self.token_rules)
         rows, columns = ordinary.nonzero(as_tuple=True)  # one host synchronisation for the OT positions
         logits = self.mlm_head(token_embeddings[rows, columns]).float()
         ot_vector = self.ot_vector_from_logits(logits, ordinary, rows)
-        target = bag_of_words_target(input_ids, ordinary, self.head_vocab_size, (rows, columns))
+        counted = bag_of_words_tokens(input_ids, attention_mask, self.special_tokens, self.token_rules)
+        positions = (rows, columns) if self.token_rules == "skip_special" else None  # counted is ordinary
+        target = bag_of_words_target(input_ids, counted, self.head_vocab_size, positions)
         return {
             "encoder_mlm": self.encoder_mlm_from_logits(logits, masks.encoder_labels[rows, columns]),
             "decoder_mlm": self.decoder_loss(token_embeddings[:, 0], input_ids, masks),
@@ -156,7 +190,7 @@ class DupMAELoss(RetroMAELoss):
     def ot_vector_from_logits(
         logits: torch.Tensor, ordinary: torch.Tensor, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Row-wise max of precomputed ordinary-token logits ``(N, V)``: the OT vector ``(B, V)``.
+        """Row-wise max of precomputed pooled-position logits ``(N, V)``: the OT vector ``(B, V)``.
         ``rows`` is ``ordinary.nonzero(as_tuple=True)[0]`` when the caller has it already."""
         if rows is None:
             rows = ordinary.nonzero(as_tuple=True)[0]
@@ -169,7 +203,7 @@ class DupMAELoss(RetroMAELoss):
 
     @staticmethod
     def encoder_mlm_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Encoder MLM cross-entropy at the labelled ordinary positions (0 when none is labelled)."""
+        """Encoder MLM cross-entropy at the labelled pooled positions (0 when none is labelled)."""
         labelled = (labels != -100).nonzero().squeeze(1)  # one host synchronisation
         if labelled.numel() == 0:
             return logits.sum() * 0.0
@@ -207,7 +241,8 @@ def build_dupmae_model(
     :class:`retromae_st.DupMAEPooling` holding a copy of ``loss``'s (trained) MLM head, with
     ``similarity_fn_name="dot"`` so that ``model.similarity`` is the paper's score.
 
-    The Transformer module is shared with ``loss.model`` (not copied): save the result to freeze it.
+    The pooling pools the positions ``loss`` pooled in training (its ``token_rules``). The Transformer module
+    is shared with ``loss.model`` (not copied): save the result to freeze it.
     """
     if not isinstance(loss, DupMAELoss):
         raise TypeError(f"loss must be a DupMAELoss, got {type(loss).__name__}")
@@ -222,6 +257,7 @@ def build_dupmae_model(
         projection_dim=projection_dim,
         activation=activation,
         chunk_size=chunk_size,
+        token_rules=loss.token_rules,
     )
     model = SentenceTransformer(modules=[transformer, pooling], similarity_fn_name="dot")
     return model.to(next(transformer.parameters()).device)

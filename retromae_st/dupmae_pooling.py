@@ -17,6 +17,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
+from retromae_st.masking import check_token_rules
 from retromae_st.mlm_head import MaskedLMHead, projection_parts
 from retromae_st.vocab_screening import bf16_screening_supported, ordered_top_k, padded_rows, screened_top_k
 
@@ -84,7 +85,10 @@ class DupMAEPooling(Module):
         "layer_norm_eps",
         "hidden_act",
         "bf16_screening",
+        "token_rules",
     ]
+    #: The rule of folders saved before ``token_rules`` existed (they pooled the non-special tokens).
+    LEGACY_TOKEN_RULES = "skip_special"
 
     def __init__(
         self,
@@ -98,16 +102,20 @@ class DupMAEPooling(Module):
         layer_norm_eps: float = 1e-12,
         hidden_act: str = "gelu",
         bf16_screening: bool | None = None,
+        token_rules: str = "authors",
     ) -> None:
         """
         DupMAE's unified representation ``[e_CLS ; e_OT]`` of a text, for a DupMAE-pre-trained encoder.
 
         - ``e_CLS``: the final ``[CLS]`` hidden state, optionally mapped by a linear projection to
           ``projection_dim`` (the paper's dimension reduction of the dense part);
-        - ``e_OT``: the ordinary-token (OT) vector. Each ordinary token's hidden state (not ``[CLS]``,
-          not a special token, not padding) goes through the MLM head into vocabulary space and the
-          result is max-pooled over positions, as in the authors' ``ot_embedding``. The vector is then
-          sparsified to its ``top_k`` largest entries (the paper's dimension reduction of the OT part).
+        - ``e_OT``: the ordinary-token (OT) vector. The hidden state of every pooled position goes through
+          the MLM head into vocabulary space and the result is max-pooled over positions, as in the authors'
+          ``ot_embedding``. The pooled positions are those :class:`retromae_st.DupMAELoss` pooled in training
+          (``token_rules``): ``"authors"``, every non-padding position after ``[CLS]``, ``[SEP]`` included, as
+          the authors do; ``"skip_special"``, only the tokens that are not special (nor ``[CLS]``, nor
+          padding). The vector is then sparsified to its ``top_k`` largest entries (the paper's dimension
+          reduction of the OT part).
 
         The output ``sentence_embedding`` is the concatenation of the two, of size
         ``(projection_dim or hidden_size) + vocab_size``, so the inner product of two outputs is the paper's
@@ -122,10 +130,7 @@ class DupMAEPooling(Module):
           computes (raw max-pooled MLM logits, no ReLU); ``"relu"`` and ``"log1p_relu"`` (SPLADE-style
           saturation) are alternatives. With ``"none"`` every entry can be non-zero, so the top-k keeps
           exactly ``top_k`` entries; with the other two, entries that are zero are dropped, so fewer can remain.
-          A text with no ordinary token has an all-zero OT vector.
-        - ``[SEP]`` is excluded from the pooling (the authors include every non-padding position after
-          ``[CLS]``); this follows the issue's definition of ordinary tokens and keeps the OT vector a
-          function of the text's content only.
+          A text with no pooled position has an all-zero OT vector.
         - ``projection_dim``: the projection is a new ``Linear(hidden_size, projection_dim, bias=False)``;
           it is not pre-trained (DupMAE pre-training has no such layer) and must be fine-tuned.
 
@@ -146,7 +151,8 @@ class DupMAEPooling(Module):
             activation: ``"none"``, ``"relu"`` or ``"log1p_relu"``, applied to the pooled OT logits.
             chunk_size: At most this many tokens are projected to the vocabulary at once, bounding the
                 memory of the OT computation to ``chunk_size x vocab_size`` logits.
-            special_token_ids: Token ids excluded from the OT pooling (``[CLS]``, ``[SEP]``, ``[PAD]``, ...).
+            special_token_ids: Token ids excluded from the OT pooling under ``token_rules="skip_special"``
+                (``[CLS]``, ``[SEP]``, ``[PAD]``, ...).
             layer_norm_eps: Epsilon of the MLM head's LayerNorm.
             hidden_act: Activation of the MLM head's transform.
             bf16_screening: Find the top-k OT entries with a bfloat16 screening pass over the vocabulary
@@ -154,6 +160,9 @@ class DupMAEPooling(Module):
                 (:func:`retromae_st.vocab_screening.screened_top_k`): the same indices and values as the
                 float32 path, about 2-3x faster for the head on CPUs with native bfloat16. ``None`` (default):
                 on when it applies (float32 inference on such a CPU, ``activation="none"``); ``False``: never.
+            token_rules: The pooled positions, as the training loss's ``token_rules`` (``"authors"`` or
+                ``"skip_special"``). Saved with the model; a folder saved without it (earlier versions) loads
+                with ``"skip_special"``, the rule it was trained with.
 
         References:
             - RetroMAE-2: Duplex Masked Auto-Encoder For Pre-Training Retrieval-Oriented Language Models
@@ -189,6 +198,7 @@ class DupMAEPooling(Module):
         if bf16_screening not in (None, True, False):
             raise TypeError(f"bf16_screening must be None, True or False, got {bf16_screening!r}")
         self.bf16_screening = bf16_screening
+        self.token_rules = check_token_rules(token_rules)
 
         head_config = BertConfig(
             hidden_size=hidden_size,
@@ -260,8 +270,11 @@ class DupMAEPooling(Module):
         return self.projection(cls) if self.projection is not None else cls
 
     def ordinary_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` bool: not ``[CLS]`` (position 0), not special, not padding."""
-        ordinary = attention_mask.bool() & ~self.special_tokens[input_ids]
+        """``(B, L)`` bool, the pooled positions: not ``[CLS]`` (position 0), not padding, and under
+        ``"skip_special"`` not special."""
+        ordinary = attention_mask.bool().clone()
+        if self.token_rules == "skip_special":
+            ordinary &= ~self.special_tokens[input_ids]
         ordinary[:, 0] = False
         return ordinary
 
@@ -362,6 +375,7 @@ class DupMAEPooling(Module):
             "local_files_only": local_files_only,
         }
         config = cls.load_config(model_name_or_path=model_name_or_path, **hub_kwargs)
+        config.setdefault("token_rules", cls.LEGACY_TOKEN_RULES)
         pooling = cls(**config)
         state = cls.load_torch_weights(model_name_or_path=model_name_or_path, **hub_kwargs)
         state["mlm_head.predictions.decoder.bias"] = state["mlm_head.predictions.bias"]

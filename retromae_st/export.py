@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
@@ -21,7 +22,9 @@ from transformers import AutoModelForMaskedLM
 
 from retromae_st.checkpointing import unwrap_model
 from retromae_st.decoder import save_decoder
+from retromae_st.load_report import expected_masked_lm_differences
 from retromae_st.mlm_head import checkpoint_head_state
+from retromae_st.model_location import model_location, naming_hub_failures
 from retromae_st.retromae_loss import RetroMAELoss
 
 
@@ -48,11 +51,12 @@ def load_cls_model(
             f"model_name_or_path must be a path or hub id, got {type(model_name_or_path).__name__}"
         )
     model_name_or_path = os.fspath(model_name_or_path)
-    if os.path.sep in model_name_or_path and not os.path.exists(model_name_or_path):
-        raise FileNotFoundError(f"model_name_or_path {model_name_or_path!r} does not exist")
-    transformer = Transformer(
-        model_name_or_path, max_seq_length=max_seq_length, model_kwargs=model_kwargs or None
-    )
+    from_hub = model_location(model_name_or_path) == "hub"
+    hub_failures = naming_hub_failures(model_name_or_path) if from_hub else nullcontext()
+    with hub_failures, expected_masked_lm_differences():
+        transformer = Transformer(
+            model_name_or_path, max_seq_length=max_seq_length, model_kwargs=model_kwargs or None
+        )
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
     return SentenceTransformer(modules=[transformer, pooling], device=device)
 

@@ -8,12 +8,17 @@ int64 conversion, cumulative sum) go through NumPy on the same memory. The algor
 
 1. Words are runs of tokens in which every piece after the first is a continuation piece
    (``##x`` for WordPiece, a piece without ``Ġ``/``▁`` for byte-level BPE and SentencePiece; CJK
-   characters are words of their own, see :func:`word_start_table`). Special tokens and padding never
-   belong to a word.
+   characters are words of their own, see :func:`word_start_table`). Which tokens can be part of a word
+   is set by the *token rules* (:data:`TOKEN_RULES`): ``"authors"`` (default), as ``_whole_word_mask``,
+   which skips only the tokens ``[CLS]`` and ``[SEP]`` (by their string), so ``[UNK]`` and any other
+   special id inside the text is a word; ``"skip_special"``: no special token is a word. Padding never
+   belongs to a word.
 2. A row of ``n`` tokens (special tokens included, padding excluded) gets a budget of
    ``k = min(max_predictions, max(1, round(n * ratio)))`` tokens.
 3. Words are visited in a uniformly random order; a word is taken when it still fits in the budget
    and skipped otherwise (a later, shorter word may still fit).
+4. The encoder input is corrupted 80/10/10 at the chosen tokens except special ids: as the collator's
+   ``torch_mask_tokens``, a chosen ``[UNK]`` has used up budget but stays as it is and carries no label.
 
 Step 3 is reproduced exactly, without sorting scores per row: every word gets a random integer key
 whose low bits are its own index, so one sort of the keys' *values* gives the visiting order
@@ -25,7 +30,9 @@ distribution against the authors' collator.
 
 The decoder's attention mask follows the authors' collator too: per example, a pool of
 ``min(n, pool_size)`` whole-word masks at the decoder ratio is drawn, every query position picks one
-of them uniformly at random, and additionally hides itself.
+of them uniformly at random, and additionally hides itself (under the authors' rules a ``[UNK]`` word
+is hidden like any other). The decoder predicts every position but the first and the last of a row
+(``"authors"``; ``[UNK]`` included) or every non-special token (``"skip_special"``); never padding.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ from transformers import PreTrainedTokenizerBase
 WORD_START_MARKERS = ("Ġ", "▁")
 #: Marker of a continuation piece in WordPiece vocabularies (BERT).
 CONTINUATION_MARKER = "##"
+#: ``"authors"``: every token but ``[CLS]``/``[SEP]`` is a word and the decoder predicts every position but
+#: the first and last, as in the authors' collator; ``"skip_special"``: special tokens (``[UNK]`` included)
+#: are never masked, hidden or predicted.
+TOKEN_RULES = ("authors", "skip_special")
 
 
 def word_start_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
@@ -166,23 +177,88 @@ def special_token_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     return table
 
 
+def boundary_token_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """Returns a bool tensor over the vocabulary: ``True`` for the ids that are never words under the authors'
+    token rules: ``[CLS]`` and ``[SEP]`` (``_whole_word_mask`` skips these two token strings), or the
+    tokenizer's bos/eos ids for families that name them so (``<s>``, ``</s>``)."""
+    size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+    table = torch.zeros(size, dtype=torch.bool)
+    names = ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id")
+    table[[index for index in (getattr(tokenizer, name, None) for name in names) if index is not None]] = True
+    return table
+
+
+def check_token_rules(token_rules: str) -> str:
+    if token_rules not in TOKEN_RULES:
+        raise ValueError(f"token_rules must be one of {TOKEN_RULES}, got {token_rules!r}")
+    return token_rules
+
+
 def maskable_tokens(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor
 ) -> torch.Tensor:
-    """Tokens that may be masked and predicted: not special, not padding. Shape ``(B, L)``, bool."""
+    """Tokens that are neither padding nor one of the ids marked in ``special``. Shape ``(B, L)``, bool."""
     return attention_mask.bool() & ~special.to(input_ids.device)[input_ids]
 
 
-def word_index(input_ids: torch.Tensor, maskable: torch.Tensor, word_starts: torch.Tensor) -> torch.Tensor:
-    """Index of the word each token belongs to within its row, ``-1`` for non-maskable tokens.
+def word_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special: torch.Tensor,
+    boundary: torch.Tensor | None,
+    token_rules: str = "authors",
+) -> torch.Tensor:
+    """Tokens that belong to words (a whole-word mask can choose them), ``(B, L)`` bool: under ``"authors"``
+    every real token whose id is not in ``boundary`` (:func:`boundary_token_table`), under ``"skip_special"``
+    every real token that is not special."""
+    if check_token_rules(token_rules) == "skip_special":
+        return maskable_tokens(input_ids, attention_mask, special)
+    if boundary is None:
+        raise ValueError(
+            "token_rules='authors' needs the boundary table (masking.boundary_token_table(tokenizer))"
+        )
+    return maskable_tokens(input_ids, attention_mask, boundary)
 
-    A maskable token starts a new word when its id is a word start or the token before it is not
-    maskable (a continuation piece right after ``[CLS]`` starts a word, as in the authors' collator).
+
+def word_index(
+    input_ids: torch.Tensor, maskable: torch.Tensor, word_starts: torch.Tensor, token_rules: str = "authors"
+) -> torch.Tensor:
+    """Index of the word each token belongs to within its row, ``-1`` for tokens outside words.
+
+    A word token starts a new word when its id is a word start, or (``"authors"``) when no word token comes
+    before it in the row: ``_whole_word_mask`` appends a continuation piece to the last word seen, even across
+    a skipped ``[SEP]``; or (``"skip_special"``) when the token before it is not a word token. Either way a
+    continuation piece right after ``[CLS]`` starts a word.
     """
-    previous_maskable = torch.nn.functional.pad(maskable[:, :-1], (1, 0), value=False)
-    starts = maskable & (word_starts.to(input_ids.device)[input_ids] | ~previous_maskable)
+    if check_token_rules(token_rules) == "authors":
+        opens_word = maskable.cumsum(dim=1, dtype=torch.int32) == 1
+    else:
+        opens_word = ~torch.nn.functional.pad(maskable[:, :-1], (1, 0), value=False)
+    starts = maskable & (word_starts.to(input_ids.device)[input_ids] | opens_word)
     index = starts.long().cumsum(dim=1) - 1
     return torch.where(maskable, index, torch.full_like(index, -1))
+
+
+def decoder_targets(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, token_rules: str = "authors"
+) -> torch.Tensor:
+    """Positions the decoder predicts, ``(B, L)`` bool. ``"authors"``: every real position but the first and
+    the last of its row (the collator sets the labels of ``[CLS]`` and ``[SEP]`` to -100 and keeps the rest,
+    ``[UNK]`` and in-text special ids included); ``"skip_special"``: every real token that is not special.
+    Never padding."""
+    if check_token_rules(token_rules) == "skip_special":
+        return maskable_tokens(input_ids, attention_mask, special)
+    real = attention_mask.bool()
+    last = real & ~torch.nn.functional.pad(real[:, 1:], (0, 1), value=False)
+    targets = real & ~last
+    targets[:, 0] = False
+    return targets
+
+
+def unmask_special(masked: torch.Tensor, input_ids: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+    """``masked`` without the special ids, as transformers' ``torch_mask_tokens`` drops them after the
+    whole-word selection (a chosen ``[UNK]`` used up budget but is neither corrupted nor labelled)."""
+    return masked & ~special.to(input_ids.device)[input_ids]
 
 
 def word_lengths(words: torch.Tensor, max_words: int | None = None) -> torch.Tensor:
@@ -362,11 +438,21 @@ def whole_word_mask(
     special: torch.Tensor,
     ratio: float,
     generator: torch.Generator | None = None,
+    *,
+    token_rules: str = "authors",
+    boundary: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One whole-word mask per row at ``ratio``. Returns ``(B, L)`` bool (``True`` = masked)."""
-    maskable = maskable_tokens(input_ids, attention_mask, special)
-    words = word_index(input_ids, maskable, word_starts)
-    return _whole_word_mask_of_words(words, attention_mask.sum(dim=1), ratio, generator)
+    """The encoder's whole-word mask per row at ``ratio``, special ids left unmasked (:func:`unmask_special`).
+    Returns ``(B, L)`` bool (``True`` = masked). ``boundary`` (:func:`boundary_token_table`) is needed for
+    ``token_rules="authors"``."""
+    words = word_index(
+        input_ids,
+        word_tokens(input_ids, attention_mask, special, boundary, token_rules),
+        word_starts,
+        token_rules,
+    )
+    chosen = _whole_word_mask_of_words(words, attention_mask.sum(dim=1), ratio, generator)
+    return unmask_special(chosen, input_ids, special)
 
 
 def _whole_word_mask_of_words(
@@ -406,21 +492,29 @@ def decoder_attention_mask(
     ratio: float,
     pool_size: int = 256,
     generator: torch.Generator | None = None,
+    *,
+    token_rules: str = "authors",
+    boundary: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The enhanced decoder's per-row random attention mask. Returns ``(B, L, L)`` bool, ``True`` = visible.
 
     Per example, ``min(n, pool_size)`` whole-word masks are drawn at ``ratio`` (``n`` = the example's
-    length); query position ``i`` takes one of them uniformly at random and also hides itself. Special
-    tokens are never masked, so ``[CLS]`` (which carries the sentence embedding) is visible to every
-    position but its own. Padding is never visible. Padding *rows* carry no label; they are shown
-    ``[CLS]`` only so that no attention row is empty (an empty row would give NaN in SDPA).
+    length); query position ``i`` takes one of them uniformly at random and also hides itself. Tokens
+    outside words (``[CLS]``, ``[SEP]``; under ``"skip_special"`` every special token) are never masked, so
+    ``[CLS]`` (which carries the sentence embedding) is visible to every position but its own; under
+    ``"authors"`` a ``[UNK]`` is hidden like any word. Padding is never visible. Padding *rows* carry no label;
+    they are shown ``[CLS]`` only so that no attention row is empty (an empty row would give NaN in SDPA).
 
     All examples' pools are drawn at once as one ``(B, P, W)`` batch of whole-word masks (``P = min(L,
     pool_size)``; an example uses the first ``min(n, pool_size)`` of its ``P``), so every mask of the
     authors' pool is drawn and nothing depends on which ones the positions pick.
     """
-    maskable = maskable_tokens(input_ids, attention_mask, special)
-    words = word_index(input_ids, maskable, word_starts)
+    words = word_index(
+        input_ids,
+        word_tokens(input_ids, attention_mask, special, boundary, token_rules),
+        word_starts,
+        token_rules,
+    )
     return _decoder_visible_of_words(words, attention_mask, ratio, pool_size, generator)
 
 
@@ -463,7 +557,7 @@ class RetroMAEMasks:
 
     encoder_input_ids: torch.Tensor  #: (B, L) ids after whole-word masking + 80/10/10
     encoder_labels: torch.Tensor  #: (B, L) original id at encoder-masked tokens, -100 elsewhere
-    decoder_labels: torch.Tensor  #: (B, L) original id at every maskable token, -100 elsewhere
+    decoder_labels: torch.Tensor  #: (B, L) original id at every decoder target, -100 elsewhere
     decoder_visible: torch.Tensor  #: (B, L, L) bool, True where query row may attend to key column
 
 
@@ -478,17 +572,25 @@ def retromae_masks(
     decoder_mask_ratio: float,
     decoder_pool_size: int = 256,
     generator: torch.Generator | None = None,
+    *,
+    token_rules: str = "authors",
+    boundary: torch.Tensor | None = None,
 ) -> RetroMAEMasks:
-    """Encoder and decoder masks of one batch, as the authors' ``RetroMAECollator`` makes them."""
-    maskable = maskable_tokens(input_ids, attention_mask, special)
-    words = word_index(input_ids, maskable, word_starts)
-    encoder_masked = _whole_word_mask_of_words(
-        words, attention_mask.sum(dim=1), encoder_mask_ratio, generator
+    """Encoder and decoder masks of one batch, as the authors' ``RetroMAECollator`` makes them
+    (``token_rules="authors"``, which needs ``boundary``, :func:`boundary_token_table`), or with special
+    tokens kept out of masking and prediction (``"skip_special"``)."""
+    maskable = word_tokens(input_ids, attention_mask, special, boundary, token_rules)
+    words = word_index(input_ids, maskable, word_starts, token_rules)
+    encoder_masked = unmask_special(
+        _whole_word_mask_of_words(words, attention_mask.sum(dim=1), encoder_mask_ratio, generator),
+        input_ids,
+        special,
     )
     encoder_input_ids, encoder_labels = bert_mask_replacement(
         input_ids, encoder_masked, mask_token_id, vocab_size, generator
     )
-    decoder_labels = input_ids.masked_fill(~maskable, -100)
+    targets = decoder_targets(input_ids, attention_mask, special, token_rules)
+    decoder_labels = input_ids.masked_fill(~targets, -100)
     visible = _decoder_visible_of_words(
         words, attention_mask, decoder_mask_ratio, decoder_pool_size, generator
     )

@@ -95,9 +95,12 @@ def pretrain(
     """
     torch.manual_seed(seed)
     dataset = read_text_lines(corpus) if isinstance(corpus, str) else corpus
-    dataset, dropped = prepare_text_dataset(dataset)
     model = load_cls_model(model_name_or_path, max_seq_length=max_seq_length)
     loss = RetroMAELoss(model, encoder_mask_ratio=encoder_mask_ratio, decoder_mask_ratio=decoder_mask_ratio)
+    # Rows the loss could not learn from are dropped (and counted) here, not met hours into the run.
+    dataset, dropped = prepare_text_dataset(
+        dataset, tokenizer=model.tokenizer, token_rules=loss.token_rules, max_seq_length=max_seq_length
+    )
     save_steps = save_steps or max(1, max_steps // 2)
     bf16 = resolve_bf16(bf16, training_kwargs.get("use_cpu", False), training_kwargs.get("fp16", False))
     if group_by_length and isinstance(dataset, Dataset) and "batch_sampler" not in training_kwargs:

@@ -252,6 +252,8 @@ class RetroMAEContrastiveLoss(TrainableLossMixin, nn.Module):
 
     def _mae_terms_of(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         self.mae_loss.check_has_content(features)
+        if not self.mae_loss.has_something_to_reconstruct(features):
+            return self.mae_loss.skipped_batch_terms()
         # This loss's own masking stream (per rank, checkpointed with this loss's state).
         masks = self.mae_loss.make_masks(features, self.mask_generator(features["input_ids"].device))
         return self.mae_loss.compute_loss_terms(features, masks)

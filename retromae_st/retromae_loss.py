@@ -12,7 +12,15 @@ from torch import nn
 
 from retromae_st.checkpointing import TrainableLossMixin, unwrap_model
 from retromae_st.decoder import EnhancedDecoderLayer, load_saved_decoder
-from retromae_st.masking import RetroMAEMasks, retromae_masks, special_token_table, word_start_table
+from retromae_st.masking import (
+    RetroMAEMasks,
+    boundary_token_table,
+    check_token_rules,
+    decoder_targets,
+    retromae_masks,
+    special_token_table,
+    word_start_table,
+)
 from retromae_st.mlm_head import build_mlm_head, masked_lm_loss
 
 logger = logging.getLogger(__name__)
@@ -32,12 +40,16 @@ def check_ratio(name: str, value: float) -> float:
 
 
 class RetroMAELoss(TrainableLossMixin, nn.Module):
+    #: The names of the terms :meth:`compute_loss_terms` returns.
+    term_names: tuple[str, ...] = ("encoder_mlm", "decoder_mlm")
+
     def __init__(
         self,
         model: SentenceTransformer,
         encoder_mask_ratio: float = 0.3,
         decoder_mask_ratio: float = 0.5,
         decoder_pool_size: int = 256,
+        token_rules: str = "authors",
     ) -> None:
         """
         RetroMAE pre-training: a masked auto-encoder whose decoder must rebuild the input from the
@@ -53,11 +65,19 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
           ``[CLS]`` embedding followed by the (unmasked) token embeddings of positions ``1..L-1``;
         - decoder attention: per example a pool of ``min(len, decoder_pool_size)`` whole-word masks at
           ``decoder_mask_ratio``; each position picks one at random and never sees itself;
-        - decoder labels: every non-special token; both heads are the checkpoint's MLM head.
+        - decoder labels: every position but the first and the last of a row (``[CLS]``, ``[SEP]``);
+          both heads are the checkpoint's MLM head;
+        - token rules (``token_rules="authors"``): ``[UNK]`` and any other special id inside the text is a
+          word, as in their collator: it uses up encoder mask budget (and then stays unmasked, without a
+          label), is hidden from the decoder at the decoder ratio and is predicted by the decoder.
+          ``token_rules="skip_special"`` keeps every special token out of masking, hiding and prediction
+          (the rule of earlier versions of this package; see ``docs/faithfulness.md`` for its measured effect).
 
-        Deliberate differences, none of which changes the loss: masks are built on the batch's device
-        by vectorised tensor code instead of a per-example Python collator; MLM logits are computed only
-        at labelled positions; padded query rows are shown ``[CLS]`` so that no attention row is empty.
+        Deliberate differences, tested to give the same loss (``tests/test_equivalence.py``): masks are built
+        on the batch's device by vectorised tensor code instead of a per-example Python collator; MLM logits
+        are computed only at labelled positions; padded query rows are shown ``[CLS]`` so that no attention
+        row is empty. A batch with nothing to reconstruct (no decoder label under the token rules) is a
+        zero-gradient step with a counted warning instead of an error (the authors' loss would be NaN).
 
         Args:
             model: A SentenceTransformer whose first module is a BERT-family ``Transformer`` and whose
@@ -66,6 +86,9 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
             decoder_mask_ratio: Fraction of tokens each decoder position cannot see (paper: 0.5-0.7).
             decoder_pool_size: Number of decoder masks drawn per example; query rows sample from this
                 pool (the authors' collator uses 256).
+            token_rules: ``"authors"`` (default): the authors' collator's treatment of ``[UNK]`` and other
+                special ids inside the text (words for masking, hiding and prediction); ``"skip_special"``:
+                special tokens are never masked, hidden or predicted.
 
         References:
             - RetroMAE: Pre-Training Retrieval-oriented Language Models Via Masked Auto-Encoder
@@ -109,6 +132,7 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         ):
             raise ValueError(f"decoder_pool_size must be a positive int, got {decoder_pool_size!r}")
         self.decoder_pool_size = decoder_pool_size
+        self.token_rules = check_token_rules(token_rules)
 
         transformer = self._check_model(model)
         self.model = model
@@ -124,7 +148,9 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         self.mlm_head = build_mlm_head(encoder.config, encoder.get_input_embeddings(), encoder.name_or_path)
         self.register_buffer("word_starts", word_start_table(tokenizer), persistent=False)
         self.register_buffer("special_tokens", special_token_table(tokenizer), persistent=False)
+        self.register_buffer("boundary_tokens", boundary_token_table(tokenizer), persistent=False)
         self._warned_full_length = False
+        self.skipped_batches = 0  #: batches with nothing to reconstruct, trained as zero-gradient steps
 
     @staticmethod
     def _check_model(model: SentenceTransformer) -> Transformer:
@@ -170,8 +196,34 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         features = self.text_features(sentence_features)
         if self.training:
             self._attach_to_running_trainer()
+        if not self.has_something_to_reconstruct(features):
+            return self.skipped_batch_terms()
         masks = self.make_masks(features, self.mask_generator(features["input_ids"].device))
         return self.compute_loss_terms(features, masks)
+
+    def has_something_to_reconstruct(self, features: dict[str, torch.Tensor]) -> bool:
+        """Whether any row of the batch has a decoder target under the token rules (one host synchronisation)."""
+        targets = decoder_targets(
+            features["input_ids"], features["attention_mask"], self.special_tokens, self.token_rules
+        )
+        return bool(targets.any())
+
+    def skipped_batch_terms(self) -> dict[str, torch.Tensor]:
+        """Zero-valued terms for a batch with nothing to reconstruct, connected to every trainable parameter
+        (zero gradients), so that the step, gradient accumulation and distributed gradient reduction go on as
+        usual; counted in :attr:`skipped_batches`, with a warning at the 1st, 2nd, 4th, 8th, ... such batch."""
+        self.skipped_batches += 1
+        if self.skipped_batches & (self.skipped_batches - 1) == 0:
+            logger.warning(
+                "%s: a batch has nothing to reconstruct (every text is only special tokens under "
+                "token_rules=%r); it is trained as a zero-gradient step (%d such batch(es) so far). "
+                "prepare_text_dataset(..., tokenizer=model.tokenizer) drops such rows up front.",
+                type(self).__name__,
+                self.token_rules,
+                self.skipped_batches,
+            )
+        zero = sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad) * 0.0
+        return dict.fromkeys(self.term_names, zero)
 
     def compute_loss_terms(
         self, features: dict[str, torch.Tensor], masks: RetroMAEMasks
@@ -200,13 +252,9 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         return features
 
     def check_has_content(self, features: dict[str, torch.Tensor]) -> None:
+        """Checks a batch's content: warns once when texts fill ``max_seq_length`` (they were truncated).
+        A batch with nothing to reconstruct is not an error (see :meth:`skipped_batch_terms`)."""
         input_ids, attention_mask = features["input_ids"], features["attention_mask"]
-        content = attention_mask.bool() & ~self.special_tokens[input_ids]
-        if not bool(content.any()):
-            raise ValueError(
-                f"Every text in this batch is empty after tokenisation (only special tokens): there is nothing "
-                f"for {type(self).__name__} to reconstruct. Drop empty/whitespace-only rows from the text column."
-            )
         max_length = self.transformer.max_seq_length
         if not self._warned_full_length and max_length and input_ids.size(1) >= max_length:
             if bool((attention_mask.sum(dim=1) >= max_length).any()):
@@ -231,6 +279,8 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
             decoder_mask_ratio=self.decoder_mask_ratio,
             decoder_pool_size=self.decoder_pool_size,
             generator=generator,
+            token_rules=self.token_rules,
+            boundary=self.boundary_tokens,
         )
 
     def encode(self, features: dict[str, torch.Tensor], encoder_input_ids: torch.Tensor) -> torch.Tensor:
@@ -281,7 +331,7 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
     ) -> torch.Tensor:
         query, key_value = self.decoder_inputs(sentence_embedding, input_ids)
         hidden = self.decoder(query, key_value, masks.decoder_visible)
-        # The decoder's labels cover every token but specials and padding. On an accelerator the head runs
+        # The decoder's labels cover nearly every real token. On an accelerator the head runs
         # at every position (a little extra work on those few) to spare a host synchronisation; on CPU a
         # synchronisation costs nothing, so only the labelled positions are computed.
         all_positions = hidden.device.type != "cpu"
@@ -292,6 +342,7 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
             "encoder_mask_ratio": self.encoder_mask_ratio,
             "decoder_mask_ratio": self.decoder_mask_ratio,
             "decoder_pool_size": self.decoder_pool_size,
+            "token_rules": self.token_rules,
         }
 
     @property

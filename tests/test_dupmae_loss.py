@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from retromae_st import DupMAELoss, RetroMAELoss
-from retromae_st.dupmae_loss import bag_of_words_loss, bag_of_words_target, ordinary_token_mask
+from retromae_st.dupmae_loss import (
+    bag_of_words_loss,
+    bag_of_words_target,
+    bag_of_words_tokens,
+    ordinary_token_mask,
+)
 from tests.conftest import average_loss_terms, train_on
 
 
@@ -15,29 +20,36 @@ def features_of(model, texts):
     return model.preprocess(texts)
 
 
-def reference_bow_loss(logits, input_ids, attention_mask, special_ids, vocab_size):
-    """The authors' DupMAE BoW loss, one row at a time (``modeling_duplex.py`` + ``DupMAECollator``),
-    with our ordinary-token rule (special tokens excluded from both the pooling and the target)."""
+def reference_bow_loss(logits, input_ids, attention_mask, special_ids, vocab_size, token_rules="authors"):
+    """The authors' DupMAE BoW loss, one row at a time (``modeling_duplex.py`` + ``DupMAECollator``).
+
+    ``"authors"``: their rule: ``ot_embedding`` max-pools ``logits[:, 1:]`` with padding pushed down by -1000
+    (every real position after ``[CLS]``, ``[SEP]`` included); the target assigns ``1 / n`` to each of the
+    ``n`` ``token_ids`` (the row without its first and last token, specials inside the text included).
+    ``"skip_special"``: special tokens excluded from both the pooling and the target."""
     losses = []
     for row in range(input_ids.size(0)):
-        positions = [
-            i
-            for i in range(1, input_ids.size(1))
-            if attention_mask[row, i] and int(input_ids[row, i]) not in special_ids
-        ]
-        tokens = [int(input_ids[row, i]) for i in positions]
+        n = int(attention_mask[row].sum())
+        if token_rules == "authors":
+            mask = (1 - attention_mask[row, 1:, None].float()) * -1000
+            ot = (logits[row, 1:] + mask).max(dim=0).values
+            tokens = input_ids[row, 1 : n - 1].tolist()
+        else:
+            positions = [i for i in range(1, n) if int(input_ids[row, i]) not in special_ids]
+            tokens = [int(input_ids[row, i]) for i in positions]
+            if not positions:
+                losses.append(torch.tensor(0.0))
+                continue
+            ot = logits[row, positions].max(dim=0).values
         weight = torch.zeros(vocab_size)
         for token in tokens:
             weight[token] = 1 / len(tokens)  # assigned, not accumulated, as in the collator
-        if not positions:
-            losses.append(torch.tensor(0.0))
-            continue
-        ot = logits[row, positions].max(dim=0).values
         losses.append(-(weight * F.log_softmax(ot, dim=-1)).sum())
     return torch.stack(losses).mean()
 
 
-def test_bow_loss_equals_per_row_reference_on_random_inputs():
+@pytest.mark.parametrize("token_rules", ["authors", "skip_special"])
+def test_bow_loss_equals_per_row_reference_on_random_inputs(token_rules):
     generator = torch.Generator().manual_seed(0)
     vocab_size, special_ids = 50, {0, 1, 2}
     special = torch.zeros(vocab_size, dtype=torch.bool)
@@ -50,42 +62,52 @@ def test_bow_loss_equals_per_row_reference_on_random_inputs():
         attention_mask = (torch.arange(length)[None] < lengths[:, None]).long()
         input_ids[torch.arange(batch), lengths - 1] = 2  # [SEP] at the end of each row
         input_ids[attention_mask == 0] = 0  # padding
-        input_ids[0, 3] = 2  # a special token inside a row is ignored too
+        input_ids[0, 3] = 2  # a special token inside a row (ignored by "skip_special", counted by "authors")
         logits = torch.randn(batch, length, vocab_size, generator=generator)
 
-        ordinary = ordinary_token_mask(input_ids, attention_mask, special)
+        input_ids[1, 2] = 1  # and a [CLS] id inside a row (a word under the authors' rule)
+        ordinary = ordinary_token_mask(input_ids, attention_mask, special, token_rules)
+        counted = bag_of_words_tokens(input_ids, attention_mask, special, token_rules)
         rows = ordinary.nonzero(as_tuple=True)[0]
         ot = DupMAELoss.ot_vector_from_logits(logits[ordinary], ordinary)
         assert rows.numel() > 0
-        ours = bag_of_words_loss(ot, bag_of_words_target(input_ids, ordinary, vocab_size))
-        reference = reference_bow_loss(logits, input_ids, attention_mask, special_ids, vocab_size)
+        ours = bag_of_words_loss(ot, bag_of_words_target(input_ids, counted, vocab_size))
+        reference = reference_bow_loss(
+            logits, input_ids, attention_mask, special_ids, vocab_size, token_rules
+        )
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
 
 
 def test_bow_target_counts_repeated_tokens_once_and_ignores_special_and_padding():
     special = torch.zeros(20, dtype=torch.bool)
-    special[[0, 1, 2]] = True
-    input_ids = torch.tensor([[1, 5, 5, 7, 2, 0], [1, 9, 2, 0, 0, 0]])
-    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
-    ordinary = ordinary_token_mask(input_ids, attention_mask, special)
-    target = bag_of_words_target(input_ids, ordinary, 20)
-    expected = torch.zeros(2, 20)
+    special[[0, 1, 2, 3]] = True  # 0 [PAD], 1 [CLS], 2 [SEP], 3 [UNK]
+    input_ids = torch.tensor([[1, 5, 5, 7, 2, 0], [1, 9, 2, 0, 0, 0], [1, 3, 8, 3, 2, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    expected = torch.zeros(3, 20)
     expected[0, 5] = expected[0, 7] = 1 / 3  # 3 content tokens, "5" twice: assigned once
     expected[1, 9] = 1.0
-    torch.testing.assert_close(target, expected)
+    old = expected.clone()
+    old[2, 8] = 1.0  # "skip_special": [UNK] is not counted
+    expected[2, 3] = expected[2, 8] = 1 / 3  # "authors": [UNK] is a content token (twice: assigned once)
+    for token_rules, target in (("authors", expected), ("skip_special", old)):
+        counted = bag_of_words_tokens(input_ids, attention_mask, special, token_rules)
+        torch.testing.assert_close(bag_of_words_target(input_ids, counted, 20), target, msg=token_rules)
 
 
-def test_ot_vector_ignores_padding_and_special_positions():
+@pytest.mark.parametrize(("token_rules", "expected"), [("authors", 7.0), ("skip_special", 1.0)])
+def test_ot_vector_pools_sep_only_under_the_authors_rule(token_rules, expected):
     special = torch.zeros(8, dtype=torch.bool)
     special[[0, 1, 2]] = True
     input_ids = torch.tensor([[1, 4, 2, 0]])
     attention_mask = torch.tensor([[1, 1, 1, 0]])
-    ordinary = ordinary_token_mask(input_ids, attention_mask, special)
+    ordinary = ordinary_token_mask(input_ids, attention_mask, special, token_rules)
+    assert ordinary.tolist() == [[False, True, token_rules == "authors", False]]
     logits = torch.zeros(1, 4, 8)
     logits[0, 1] = 1.0
-    logits[0, [0, 2, 3]] = 100.0  # [CLS], [SEP], padding: must not reach the max
+    logits[0, 2] = 7.0  # [SEP]: pooled by the authors
+    logits[0, [0, 3]] = 100.0  # [CLS], padding: never reach the max
     ot = DupMAELoss.ot_vector_from_logits(logits[ordinary], ordinary)
-    torch.testing.assert_close(ot, torch.ones(1, 8))
+    torch.testing.assert_close(ot, torch.full((1, 8), expected))
 
 
 def test_loss_returns_three_named_finite_terms_with_weighted_bow(tiny_model, sample_texts):
@@ -158,9 +180,28 @@ def test_empty_and_one_word_texts_give_finite_losses(tiny_model):
     assert all(torch.isfinite(value) for value in terms.values())
 
 
-def test_batch_with_nothing_to_reconstruct_raises(tiny_model):
-    with pytest.raises(ValueError, match="empty"):
-        DupMAELoss(tiny_model)([features_of(tiny_model, ["", "  "])])
+@pytest.mark.parametrize(
+    ("token_rules", "texts"), [("authors", ["", "  "]), ("skip_special", ["🙂", "🎉 🙂"])]
+)
+def test_batch_with_nothing_to_reconstruct_is_a_zero_gradient_step(tiny_model, caplog, token_rules, texts):
+    loss = DupMAELoss(tiny_model, token_rules=token_rules)
+    with caplog.at_level("WARNING"):
+        terms = loss([features_of(tiny_model, texts)])
+    assert set(terms) == {"encoder_mlm", "decoder_mlm", "bow"}
+    assert all(value.item() == 0.0 for value in terms.values())
+    sum(terms.values()).backward()
+    grads = [p.grad for p in loss.parameters() if p.requires_grad]
+    assert grads and all(grad is not None and not grad.any() for grad in grads)
+    assert loss.skipped_batches == 1 and "nothing to reconstruct" in caplog.text
+
+
+def test_unk_only_batch_is_trained_under_the_authors_rule(tiny_model):
+    """Under the authors' rule [UNK] is predicted by the decoder and counted by the BoW target."""
+    loss = DupMAELoss(tiny_model)
+    terms = loss([features_of(tiny_model, ["🙂", "🎉 🙂"])])
+    assert terms["decoder_mlm"] > 0 and terms["bow"] > 0
+    assert terms["encoder_mlm"].item() == 0.0  # every chosen word is an [UNK]: unmasked, no label
+    assert loss.skipped_batches == 0
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -20,23 +22,32 @@ TEXTS = [
 ]
 
 
-@pytest.fixture()
-def dupmae_model(tiny_model):
+def built_dupmae_model(tiny_model, token_rules="authors"):
     torch.manual_seed(0)
-    loss = DupMAELoss(tiny_model)
+    loss = DupMAELoss(tiny_model, token_rules=token_rules)
     with torch.no_grad():  # a non-zero MLM bias so that its copy is checked too
         loss.mlm_head.predictions.bias.normal_()
     return build_dupmae_model(loss, top_k=16).eval()
 
 
+@pytest.fixture()
+def dupmae_model(tiny_model):
+    return built_dupmae_model(tiny_model)
+
+
 def hand_made_representation(model, text):
-    """[CLS] and the top-16 OT vector of one text, computed directly from the encoder and the head."""
+    """[CLS] and the top-16 OT vector of one text, computed directly from the encoder and the head: the OT
+    max-pool over positions 1..n-1 (``[SEP]`` included, as the authors), or over the non-special ones."""
     pooling = model[1]
     features = model.preprocess([text])
     with torch.no_grad():
         hidden = model[0](dict(features))["token_embeddings"][0]
         ids = features["input_ids"][0]
-        ordinary = [i for i in range(1, ids.numel()) if int(ids[i]) not in pooling.special_token_ids]
+        ordinary = [
+            i
+            for i in range(1, ids.numel())
+            if pooling.token_rules == "authors" or int(ids[i]) not in pooling.special_token_ids
+        ]
         ot = torch.zeros(pooling.vocab_size)
         if ordinary:
             logits = pooling.mlm_head(hidden[ordinary])
@@ -45,7 +56,10 @@ def hand_made_representation(model, text):
     return hidden[0], ot
 
 
-def test_similarity_is_cls_dot_plus_top_k_ot_dot(dupmae_model):
+@pytest.mark.parametrize("token_rules", ["authors", "skip_special"])
+def test_similarity_is_cls_dot_plus_top_k_ot_dot(tiny_model, token_rules):
+    dupmae_model = built_dupmae_model(tiny_model, token_rules)
+    assert dupmae_model[1].token_rules == token_rules
     embeddings = dupmae_model.encode(TEXTS, convert_to_tensor=True)
     scores = dupmae_model.similarity(embeddings, embeddings)
     by_hand = [hand_made_representation(dupmae_model, text) for text in TEXTS]
@@ -56,10 +70,13 @@ def test_similarity_is_cls_dot_plus_top_k_ot_dot(dupmae_model):
     assert dupmae_model.similarity_fn_name == "dot"
 
 
-def test_top_k_keeps_exactly_k_entries_or_none_for_empty_text(dupmae_model):
+@pytest.mark.parametrize(("token_rules", "empty_text_entries"), [("authors", 16), ("skip_special", 0)])
+def test_top_k_keeps_exactly_k_entries_or_none_for_empty_text(tiny_model, token_rules, empty_text_entries):
+    """An empty text is ``[CLS] [SEP]``: its [SEP] is pooled under the authors' rule, nothing otherwise."""
+    dupmae_model = built_dupmae_model(tiny_model, token_rules)
     embeddings = dupmae_model.encode(TEXTS, convert_to_tensor=True)
     nonzero = (embeddings[:, 64:] != 0).sum(dim=1).tolist()
-    assert nonzero == [16, 16, 16, 0, 16]
+    assert nonzero == [16, 16, 16, empty_text_entries, 16]
     assert embeddings.shape[1] == dupmae_model[1].get_embedding_dimension() == 64 + 30522
 
 
@@ -226,6 +243,36 @@ def test_save_and_reload_give_identical_embeddings(dupmae_model, tmp_path):
         assert torch.equal(reloaded.encode(TEXTS, convert_to_tensor=True), before)
 
 
+@pytest.mark.parametrize("token_rules", ["authors", "skip_special"])
+def test_saved_folder_keeps_the_token_rules(tiny_model, tmp_path, token_rules):
+    model = built_dupmae_model(tiny_model, token_rules)
+    before = model.encode(TEXTS, convert_to_tensor=True)
+    model.save(str(tmp_path / "model"))
+    config = json.loads((tmp_path / "model" / "1_DupMAEPooling" / "config.json").read_text())
+    assert config["token_rules"] == token_rules
+    reloaded = load_dupmae_model(tmp_path / "model")
+    assert reloaded[1].token_rules == token_rules
+    assert torch.equal(reloaded.encode(TEXTS, convert_to_tensor=True), before)
+
+
+def test_folder_saved_without_token_rules_loads_with_the_old_rule(tiny_model, tmp_path):
+    """Folders of earlier versions have no ``token_rules`` key: they were trained and pooled without special
+    tokens, so they must reload with ``"skip_special"`` and give the embeddings they gave before."""
+    old = built_dupmae_model(tiny_model, "skip_special")
+    before = old.encode(TEXTS, convert_to_tensor=True)
+    old.save(str(tmp_path / "old"))
+    config_file = tmp_path / "old" / "1_DupMAEPooling" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["token_rules"]
+    config_file.write_text(json.dumps(config))
+    reloaded = load_dupmae_model(tmp_path / "old")
+    assert reloaded[1].token_rules == "skip_special"
+    assert torch.equal(reloaded.encode(TEXTS, convert_to_tensor=True), before)
+    # Under the authors' rule the same weights give other embeddings (the [SEP] is pooled too).
+    reloaded[1].token_rules = "authors"
+    assert not torch.equal(reloaded.encode(TEXTS, convert_to_tensor=True), before)
+
+
 def test_projection_changes_cls_size_and_round_trips(tiny_model, tmp_path):
     model = build_dupmae_model(DupMAELoss(tiny_model), top_k=8, projection_dim=16)
     embeddings = model.encode(TEXTS[:2], convert_to_tensor=True)
@@ -257,6 +304,7 @@ def test_pooling_head_is_a_copy_of_the_trained_head(tiny_model):
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"activation": "softmax"}, ValueError, "activation"),
         ({"special_token_ids": [1000]}, ValueError, "special_token_ids"),
+        ({"token_rules": "authors_v1"}, ValueError, "token_rules"),
         ({"bf16_screening": "yes"}, TypeError, "bf16_screening"),
     ],
 )

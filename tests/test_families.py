@@ -201,7 +201,10 @@ def test_stage2_loss_starts_from_the_exported_decoder_and_trains_every_part(fami
     stage2_model = load(tmp_path / "masked_lm")
     stage2 = RetroMAEContrastiveLoss(stage2_model, mae_loss="retromae")
     assert torch.equal(stage2.mae_loss.decoder.query.weight, loss.decoder.query.weight)
-    columns = [stage2_model.tokenize(TEXTS[0:4]), stage2_model.tokenize([t[: len(t) // 2] for t in TEXTS[0:4]])]
+    columns = [
+        stage2_model.tokenize(TEXTS[0:4]),
+        stage2_model.tokenize([t[: len(t) // 2] for t in TEXTS[0:4]]),
+    ]
     terms = stage2(columns)
     assert set(terms) == {"contrastive", "encoder_mlm", "decoder_mlm"}
     sum(terms.values()).backward()

@@ -133,6 +133,7 @@ def test_training_steps_lower_both_terms(tiny_model, sample_texts):
         ({"decoder_mask_ratio": -0.1}, ValueError, "decoder_mask_ratio"),
         ({"decoder_mask_ratio": "0.5"}, TypeError, "decoder_mask_ratio"),
         ({"decoder_pool_size": 0}, ValueError, "decoder_pool_size"),
+        ({"token_rules": "skip_unk"}, ValueError, "token_rules"),
     ],
 )
 def test_bad_arguments_are_named(tiny_model, kwargs, error, match):
@@ -156,10 +157,47 @@ def test_empty_whitespace_and_one_word_texts_give_finite_losses(tiny_model):
         assert torch.isfinite(value)
 
 
-def test_batch_with_nothing_to_reconstruct_raises(tiny_model):
+@pytest.mark.parametrize(
+    ("token_rules", "texts"), [("authors", ["", "  ", "\n"]), ("skip_special", ["🙂", "🎉 🙂", "[UNK]"])]
+)
+def test_batch_with_nothing_to_reconstruct_is_a_zero_gradient_step(tiny_model, caplog, token_rules, texts):
+    """No raise mid-run: zero terms connected to every parameter (zero gradients), counted, warned."""
+    loss = RetroMAELoss(tiny_model, token_rules=token_rules)
+    features = features_of(tiny_model, texts)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            terms = loss([features])
+            assert set(terms) == {"encoder_mlm", "decoder_mlm"}
+            assert all(value.item() == 0.0 and value.requires_grad for value in terms.values())
+            loss.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            grads = [p.grad for p in loss.parameters() if p.requires_grad]
+            assert len(grads) > 10 and all(grad is not None and not grad.any() for grad in grads)
+    assert loss.skipped_batches == 3
+    warnings = [r.message for r in caplog.records if "nothing to reconstruct" in r.getMessage()]
+    assert len(warnings) == 2  # at the 1st and 2nd such batch (then the 4th, 8th, ...)
+    assert "2 such batch(es) so far" in caplog.records[-1].getMessage()
+
+
+def test_unk_only_batch_is_reconstructed_under_the_authors_rule(tiny_model):
+    """The authors' collator predicts [UNK] in the decoder; the old rule has nothing to predict there."""
+    features = features_of(tiny_model, ["🙂", "🎉 🙂"])
     loss = RetroMAELoss(tiny_model)
-    with pytest.raises(ValueError, match="empty"):
-        loss([features_of(tiny_model, ["", "  ", "\n"])])
+    assert loss.token_rules == "authors"
+    terms = loss([features])
+    assert terms["decoder_mlm"] > 0 and terms["encoder_mlm"].item() == 0.0
+    terms["decoder_mlm"].backward()
+    assert loss.decoder.query.weight.grad.abs().sum() > 0
+    assert loss.skipped_batches == 0
+    assert RetroMAELoss(tiny_model, token_rules="skip_special")([features])["decoder_mlm"].item() == 0.0
+
+
+def test_token_rules_are_in_the_config(tiny_model):
+    assert RetroMAELoss(tiny_model).get_config_dict()["token_rules"] == "authors"
+    assert (
+        RetroMAELoss(tiny_model, token_rules="skip_special").get_config_dict()["token_rules"]
+        == "skip_special"
+    )
 
 
 def test_overlong_texts_are_truncated_with_a_warning(tiny_model, caplog):

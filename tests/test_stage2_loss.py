@@ -165,11 +165,15 @@ def test_empty_batch_is_rejected(tiny_model):
         loss([empty, empty])
 
 
-def test_mae_texts_without_content_are_rejected(tiny_model):
+def test_mae_texts_without_content_give_a_zero_gradient_mae_step(tiny_model, caplog):
     loss = RetroMAEContrastiveLoss(tiny_model, mae_columns="anchor")
     features = tokenize_columns(tiny_model, [["", " "], ["a passage", "another passage"]])
-    with pytest.raises(ValueError, match="empty after tokenisation"):
-        loss(features)
+    with caplog.at_level("WARNING"):
+        terms = loss(features)
+    assert terms["encoder_mlm"].item() == 0.0 and terms["decoder_mlm"].item() == 0.0
+    assert terms["contrastive"] > 0
+    assert loss.mae_loss.skipped_batches == 1 and "nothing to reconstruct" in caplog.text
+    assert loss.get_config_dict()["mae_token_rules"] == "authors"
 
 
 def test_untokenised_column_is_rejected(tiny_model):
