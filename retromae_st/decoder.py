@@ -215,7 +215,8 @@ def load_saved_decoder(decoder: EnhancedDecoderLayer, name_or_path: str | None) 
         logger.info("No saved RetroMAE decoder in %s: initialised a new decoder", name_or_path)
         return False
     with open(config_path) as handle:
-        saved = json.load(handle)["decoder"]
+        saved_config = json.load(handle)
+    saved = saved_config["decoder"]
     ours = decoder.get_config_dict()
     differing = {key: (saved.get(key), ours[key]) for key in _SHAPE_KEYS if saved.get(key) != ours[key]}
     if differing:
@@ -226,5 +227,9 @@ def load_saved_decoder(decoder: EnhancedDecoderLayer, name_or_path: str | None) 
             )
         )
     decoder.load_state_dict(load_file(weights), strict=True)
-    logger.info("Loaded the trained RetroMAE decoder saved in %s", name_or_path)
+    logger.info(
+        "Loaded the trained RetroMAE decoder saved in %s (trained with %s)",
+        name_or_path,
+        saved_config.get("trained_with", "an unknown loss"),
+    )
     return True

@@ -215,3 +215,20 @@ def test_stage2_loss_starts_from_the_exported_decoder_and_trains_every_part(fami
         "MLM head bias": bias,
     }.items():
         assert parameter.grad is not None and bool(parameter.grad.abs().sum() > 0), name
+
+
+def test_head_at_every_position_equals_head_at_labelled_positions(family_dir):
+    """The accelerator path of the decoder loss (head at every position, ignored ones left out of the mean)
+    gives the labelled-positions value for every family's head."""
+    from retromae_st.mlm_head import masked_lm_loss
+
+    model = load(family_dir)
+    loss = RetroMAELoss(model)
+    hidden = torch.randn(3, 7, model.get_embedding_dimension(), requires_grad=True)
+    labels = torch.randint(0, loss.vocab_size, (3, 7))
+    labels[:, ::2] = -100
+    selected = masked_lm_loss(loss.mlm_head, hidden, labels)
+    everywhere = masked_lm_loss(loss.mlm_head, hidden, labels, all_positions=True)
+    assert torch.allclose(selected, everywhere, atol=1e-6)
+    expected = torch.nn.functional.cross_entropy(loss.mlm_head(hidden).flatten(0, 1), labels.flatten())
+    assert torch.allclose(selected, expected, atol=1e-5)
