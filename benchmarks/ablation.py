@@ -76,6 +76,7 @@ from retromae_st import (  # noqa: E402
     RetroMAELoss,
     build_dupmae_model,
     load_cls_model,
+    pack_corpus,
     save_as_masked_lm,
 )
 from retromae_st.data import prepare_text_dataset  # noqa: E402
@@ -158,6 +159,16 @@ def read_corpus(path: Path) -> Dataset:
     with open(path, encoding="utf-8") as handle:
         dataset = Dataset.from_dict({"text": handle.read().splitlines()})
     return prepare_text_dataset(dataset)[0]
+
+
+def read_packed_corpus(path: Path, max_seq_length: int) -> Dataset:
+    """The corpus packed by :func:`retromae_st.pack_corpus` into blocks of ``max_seq_length`` tokens of the
+    MiniLM tokenizer (the file has no blank lines: consecutive lines are packed as one document)."""
+    with open(path, encoding="utf-8") as handle:
+        lines = Dataset.from_dict({"text": handle.read().splitlines()})
+    blocks, stats = pack_corpus(lines, AutoTokenizer.from_pretrained(minilm_path()), max_seq_length)
+    print(f"packed corpus: {stats}", flush=True)
+    return blocks
 
 
 def delete_words(text: str, rng: random.Random, deletion_ratio: float = 0.6) -> str:
@@ -311,8 +322,12 @@ def pretrain_variant(
         raise ValueError(f"unknown variant {variant!r}")
     budget = CpuBudget(60 * args.budget_minutes)
     # Every variant sees the same batches: grouped by the token length of the clean text (TSDAE's rows are
-    # in the same order), which spends the CPU budget on tokens rather than on padding.
-    sampler = length_grouped_batch_sampler(corpus, model, args.max_seq_length)
+    # in the same order), which spends the CPU budget on tokens rather than on padding. Packed blocks are
+    # near-uniform in length: drawn at random, without grouping.
+    if args.pack:
+        sampler = BatchSamplers.BATCH_SAMPLER
+    else:
+        sampler = length_grouped_batch_sampler(corpus, model, args.max_seq_length)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=training_arguments(
@@ -467,10 +482,13 @@ def run(args: argparse.Namespace) -> None:
         sts = shrink_sts(sts, 100)
     evaluate = Evaluator(beir, sts, args.eval_max_seq_length, args.eval_batch_size)
     init_dir = build_random_init(output / "random_init", args.init_seed)
-    corpus = read_corpus(SHARED / "corpus" / "corpus.txt")
+    if args.pack:
+        corpus = read_packed_corpus(SHARED / "corpus" / "corpus.txt", args.max_seq_length)
+    else:
+        corpus = read_corpus(SHARED / "corpus" / "corpus.txt")
     pairs = read_snli_pairs(SHARED / "nli" / "snli_devtest_pairs.tsv")
     if args.smoke:
-        corpus = corpus.select(range(2000))
+        corpus = corpus.select(range(min(2000, len(corpus))))
 
     # Experiment 1: pre-training from the same start, same CPU budget.
     if "random" in args.pretrain_variants and not results.done("pretrain-random"):
@@ -482,6 +500,9 @@ def run(args: argparse.Namespace) -> None:
         if variant not in args.pretrain_variants or results.done(key):
             continue
         record = pretrain_variant(variant, init_dir, corpus, output / "pretrain" / variant, args)
+        record["corpus"] = (
+            f"packed into {args.max_seq_length}-token blocks" if args.pack else "one line per example"
+        )
         cpu = time.process_time()
         record.update(evaluate(load_cls_model(str(output / "pretrain" / variant / "final"))))
         record["eval_cpu_seconds"] = time.process_time() - cpu
@@ -779,6 +800,12 @@ def main() -> None:
         help="which start points this process pre-trains and scores (to split the work over processes)",
     )
     parser.add_argument("--pretrain-only", action="store_true", help="stop after experiment 1")
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="pre-train on the corpus packed into --max-seq-length-token blocks (retromae_st.pack_corpus; "
+        "random batches, no length grouping) instead of one line per example",
+    )
     parser.add_argument(
         "--finetune-points",
         nargs="+",

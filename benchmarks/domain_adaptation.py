@@ -73,6 +73,8 @@ def adapt_retromae(
         max_seq_length=args.train_max_seq_length,
         learning_rate=args.learning_rate,
         seed=seed,
+        pack=False,  # the recorded runs: one passage per example, length-grouped batches
+        overwrite=True,
         disable_tqdm=True,
     )
     return result.model

@@ -3,6 +3,19 @@
 Kept out of the package on purpose: these are written the way the authors' code does things
 (GitHub staoxiao/RetroMAE, ``src/pretrain/data.py``, on top of transformers'
 ``DataCollatorForWholeWordMask``), per example in Python, with deep copies.
+
+Checked line by line against the authors' ``RetroMAECollator`` at commit
+ee375876a5e571617e37dd43450decc7865e2a07 and against transformers 4.46.3
+(``data/data_collator.py``: ``_whole_word_mask``, ``torch_mask_tokens``; ``tokenization_utils_base.py``:
+``get_special_tokens_mask(..., already_has_special_tokens=True)``, 1 for every id in ``all_special_ids``).
+Their token rules, which :class:`retromae_st.RetroMAELoss` follows with ``token_rules="authors"``:
+
+- words: every token but the strings ``[CLS]`` and ``[SEP]``, so ``[UNK]`` and any other special id inside
+  the text is a word, and a ``##`` piece continues the last word seen;
+- encoder: the chosen words' tokens lose their special ids afterwards (``torch_mask_tokens``): a chosen
+  ``[UNK]`` used up budget but is neither corrupted nor labelled;
+- decoder: the pool masks hide ``[UNK]`` like any word (no special-token filter); labels are the ids with
+  the first and the last position set to -100.
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ def whole_word_mask(tokens: list[str], mlm_probability: float, max_predictions: 
         if len(masked_lms) >= num_to_predict:
             break
         if len(masked_lms) + len(index_set) > num_to_predict:
+            continue
+        if any(index in covered for index in index_set):
             continue
         for index in index_set:
             covered.add(index)

@@ -15,6 +15,8 @@ sum of the loss terms, backward, AdamW step, zero_grad. Variants:
   kept for autograd) instead of the fused projection + cross-entropy: measures that optimisation.
 - ``ours-bf16``: ``ours`` under ``torch.autocast(device, dtype=torch.bfloat16)``.
 - ``dupmae``: ``retromae_st.DupMAELoss`` when it can be imported (skipped with a note otherwise).
+- ``dupmae-old``: ``DupMAELoss`` with its terms computed the pre-#20 way
+  (``benchmarks/reference_dupmae.py``: ``N x V`` logits of the pooled positions kept for autograd).
 
 Every batch has rows of exactly ``length`` tokens (running text, as length-grouped batches of long
 passages are). Reported per step: median ms over ``--repeats`` steps (interleaved across variants), tokens/s, peak memory above the
@@ -48,6 +50,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import retromae_st.mlm_head  # noqa: E402
+from benchmarks.reference_dupmae import UnfusedDupMAELoss  # noqa: E402
 from benchmarks.reference_retromae import (  # noqa: E402
     ReferenceRetroMAECollator,
     ReferenceRetroMAEModel,
@@ -61,6 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    # head-dominated: the full 30,522 vocabulary on a small encoder (issue #20)
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
 }
 
 try:
@@ -157,7 +162,7 @@ class Runner:
         self.device = device
         torch.manual_seed(0)
         model = load_cls_model(str(model_dir), max_seq_length=512).to(device)
-        loss_class = DupMAELoss if variant == "dupmae" else RetroMAELoss
+        loss_class = {"dupmae": DupMAELoss, "dupmae-old": UnfusedDupMAELoss}.get(variant, RetroMAELoss)
         self.loss = loss_class(model).to(device).train()
         self.reference = ReferenceRetroMAEModel(self.loss) if variant == "baseline" else None
         self.collator = ReferenceRetroMAECollator(tokenizer)
@@ -334,9 +339,11 @@ def main() -> None:
     use_cpu_clock = (args.clock or ("cpu" if device.type == "cpu" else "wall")) == "cpu"
     clock = time.process_time if use_cpu_clock else time.perf_counter
     variants = list(args.variants)
-    if "dupmae" in variants and DupMAELoss is None:
-        print("note: retromae_st.DupMAELoss is not importable here; skipping the dupmae variant (and BoW)")
-        variants.remove("dupmae")
+    if DupMAELoss is None:
+        for dupmae in ("dupmae", "dupmae-old"):
+            if dupmae in variants:
+                print(f"note: retromae_st.DupMAELoss is not importable here; skipping {dupmae} (and BoW)")
+                variants.remove(dupmae)
     tokenizer = minilm_tokenizer()
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
@@ -344,7 +351,7 @@ def main() -> None:
     )
     header = (
         f"{'shape':>9} {'B':>3} {'L':>4} {'variant':>10} {'ms/step':>9} {'x base':>7} {'tok/s':>7} "
-        f"{'peak MB':>8} {'x base':>7} {'mask':>7} {'enc':>7} {'dec':>7} {'heads':>7} {'bow':>6} {'optim':>6}"
+        f"{'peak MB':>8} {'x base':>7} {'mask':>7} {'enc':>7} {'dec':>7} {'heads':>7} {'bow':>6} {'optim':>6} {'x ours':>7} {'mem x ours':>10}"
     )
     for shape in args.shapes:
         with tempfile.TemporaryDirectory() as directory:
@@ -360,8 +367,15 @@ def main() -> None:
                     continue
                 ids = batch_ids(tokenizer, batch_size, length)
                 results = measure(runners, ids, args.repeats, args.breakdown_repeats)
-                if "dupmae" in results and "ours" in results:
-                    results["dupmae"]["bow_ms"] = results["dupmae"]["step_ms"] - results["ours"]["step_ms"]
+                for dupmae in ("dupmae", "dupmae-old"):
+                    if dupmae in results and "ours" in results:
+                        results[dupmae]["bow_ms"] = results[dupmae]["step_ms"] - results["ours"]["step_ms"]
+                        results[dupmae]["step_ratio_ours"] = (
+                            results[dupmae]["step_ms"] / results["ours"]["step_ms"]
+                        )
+                        results[dupmae]["peak_ratio_ours"] = (
+                            results[dupmae]["peak_mb"] / results["ours"]["peak_mb"]
+                        )
                 base = results.get("baseline")
                 for variant, r in results.items():
                     r.update(
@@ -382,7 +396,8 @@ def main() -> None:
                         f"{r.get('step_ratio', float('nan')):>7.2f} {r['tokens_per_s']:>7.0f} {r['peak_mb']:>8.0f} "
                         f"{r.get('peak_ratio', float('nan')):>7.2f} {r['masking_ms']:>7.1f} {r['encoder_ms']:>7.0f} "
                         f"{r['decoder_ms']:>7.0f} {r['mlm_heads_ms']:>7.0f} {r.get('bow_ms', float('nan')):>6.0f} "
-                        f"{r['optimizer_ms']:>6.0f}",
+                        f"{r['optimizer_ms']:>6.0f} {r.get('step_ratio_ours', float('nan')):>7.2f} "
+                        f"{r.get('peak_ratio_ours', float('nan')):>10.2f}",
                         flush=True,
                     )
                     if args.json:

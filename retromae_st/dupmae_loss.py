@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
+from retromae_st.bow_max_pool import bow_max_pool
 from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling
 from retromae_st.masking import RetroMAEMasks, check_token_rules, decoder_targets, maskable_tokens
 from retromae_st.mlm_head import head_activation, projection_parts
+from retromae_st.model_card import carried_over_card_data
 from retromae_st.retromae_loss import RetroMAELoss
 
 
@@ -78,6 +80,7 @@ class DupMAELoss(RetroMAELoss):
         decoder_pool_size: int = 256,
         bow_loss_weight: float = 0.1,
         token_rules: str = "authors",
+        chunk_size: int | None = None,
     ) -> None:
         """
         DupMAE (RetroMAE-2) pre-training: :class:`retromae_st.RetroMAELoss` plus a bag-of-words (BoW)
@@ -99,10 +102,13 @@ class DupMAELoss(RetroMAELoss):
           ``[SEP]`` included, as the authors' ``ot_embedding``; with ``"skip_special"`` only the non-special
           tokens (both the pool and the target; the rule of earlier versions). :func:`build_dupmae_model`
           gives :class:`retromae_st.DupMAEPooling` the same rule, so inference pools what training pooled;
-        - the MLM logits of the pooled positions are computed once and serve both the encoder MLM loss and
-          the OT max-pool (the authors compute ``B x L x V`` logits); padding (and ``[CLS]``) is never
-          projected to the vocabulary. Backward needs these logits, so training memory is
-          ``(#pooled positions) x V``; inference (``DupMAEPooling``) is chunked.
+        - one vocabulary projection of the pooled positions, chunk by chunk, serves both the encoder MLM
+          loss and the OT max-pool (the authors compute ``B x L x V`` logits and keep them for backward);
+          padding (and ``[CLS]``) is never projected. Nothing ``N x V`` is kept: the max-pool's backward
+          needs only the ``B x V`` arg-max positions and the cross-entropy's is computed in the forward pass
+          (:mod:`retromae_st.bow_max_pool`). Same loss and gradients as logits kept for autograd (ties: the
+          gradient split evenly between the positions holding the max, as autograd's ``amax`` does), tested
+          in ``tests/test_bow_max_pool.py``.
 
         Args:
             model: A SentenceTransformer of a BERT-family ``Transformer`` + ``Pooling(pooling_mode="cls")``
@@ -113,6 +119,9 @@ class DupMAELoss(RetroMAELoss):
             bow_loss_weight: Weight of the BoW term (authors' default 0.1); must be >= 0.
             token_rules: ``"authors"`` (default) or ``"skip_special"``, as in :class:`retromae_st.RetroMAELoss`;
                 also decides the OT max-pool's positions and the BoW target's tokens (see above).
+            chunk_size: Pooled positions projected onto the vocabulary at once (memory ``chunk_size x V``
+                float32 logits); ``None`` (default) keeps a chunk at 2**24 values (64 MiB). Does not change
+                the loss or its gradients.
 
         References:
             - RetroMAE-2: Duplex Masked Auto-Encoder For Pre-Training Retrieval-Oriented Language Models
@@ -159,6 +168,11 @@ class DupMAELoss(RetroMAELoss):
         if not bow_loss_weight >= 0.0 or bow_loss_weight == float("inf"):
             raise ValueError(f"bow_loss_weight must be a finite float >= 0, got {bow_loss_weight}")
         self.bow_loss_weight = float(bow_loss_weight)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        self.chunk_size = chunk_size
 
     term_names = (*RetroMAELoss.term_names, "bow")
 
@@ -173,41 +187,34 @@ class DupMAELoss(RetroMAELoss):
         input_ids = features["input_ids"]
         token_embeddings = self.encode(features, masks.encoder_input_ids)
         attention_mask = features["attention_mask"]
-        ordinary = ordinary_token_mask(input_ids, attention_mask, self.special_tokens, self.token_rules)
-        rows, columns = ordinary.nonzero(as_tuple=True)  # one host synchronisation for the OT positions
-        logits = self.mlm_head(token_embeddings[rows, columns]).float()
-        ot_vector = self.ot_vector_from_logits(logits, ordinary, rows)
+        pooled = ordinary_token_mask(input_ids, attention_mask, self.special_tokens, self.token_rules)
+        ot_vector, encoder_mlm = self.ot_vector_and_encoder_mlm(
+            token_embeddings, pooled, masks.encoder_labels
+        )
         counted = bag_of_words_tokens(input_ids, attention_mask, self.special_tokens, self.token_rules)
-        positions = (rows, columns) if self.token_rules == "skip_special" else None  # counted is ordinary
-        target = bag_of_words_target(input_ids, counted, self.head_vocab_size, positions)
+        target = bag_of_words_target(input_ids, counted, self.head_vocab_size)
         return {
-            "encoder_mlm": self.encoder_mlm_from_logits(logits, masks.encoder_labels[rows, columns]),
+            "encoder_mlm": encoder_mlm,
             "decoder_mlm": self.decoder_loss(token_embeddings[:, 0], input_ids, masks),
             "bow": self.bow_loss_weight * bag_of_words_loss(ot_vector, target),
         }
 
-    @staticmethod
-    def ot_vector_from_logits(
-        logits: torch.Tensor, ordinary: torch.Tensor, rows: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Row-wise max of precomputed pooled-position logits ``(N, V)``: the OT vector ``(B, V)``.
-        ``rows`` is ``ordinary.nonzero(as_tuple=True)[0]`` when the caller has it already."""
-        if rows is None:
-            rows = ordinary.nonzero(as_tuple=True)[0]
-        pooled = logits.new_full((ordinary.size(0), logits.size(1)), float("-inf"))
-        pooled = pooled.scatter_reduce(
-            0, rows[:, None].expand_as(logits), logits, reduce="amax", include_self=True
+    def ot_vector_and_encoder_mlm(
+        self, token_embeddings: torch.Tensor, pooled: torch.Tensor, encoder_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The OT vector ``(B, V)`` and the encoder MLM loss from one chunked vocabulary projection of the
+        pooled positions (:func:`retromae_st.bow_max_pool.bow_max_pool`). Every encoder label lies at a
+        pooled position (masking only labels real, non-``[CLS]`` tokens)."""
+        rows, columns = pooled.nonzero(as_tuple=True)  # one host synchronisation for the pooled positions
+        transform, weight, bias = projection_parts(self.mlm_head)
+        return bow_max_pool(
+            transform(token_embeddings[rows, columns]),
+            weight,
+            bias,
+            pooled,
+            labels=encoder_labels[rows, columns],
+            chunk_size=self.chunk_size,
         )
-        empty = ~ordinary.any(dim=1)
-        return torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
-
-    @staticmethod
-    def encoder_mlm_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Encoder MLM cross-entropy at the labelled pooled positions (0 when none is labelled)."""
-        labelled = (labels != -100).nonzero().squeeze(1)  # one host synchronisation
-        if labelled.numel() == 0:
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.index_select(0, labelled), labels.index_select(0, labelled))
 
     def decoder_inputs(
         self, sentence_embedding: torch.Tensor, input_ids: torch.Tensor
@@ -227,7 +234,7 @@ class DupMAELoss(RetroMAELoss):
 
     @property
     def citation(self) -> str:
-        return DUPMAE_CITATION
+        return DUPMAE_CITATION + super().citation  # DupMAE's objective includes RetroMAE's
 
 
 def build_dupmae_model(
@@ -259,5 +266,9 @@ def build_dupmae_model(
         chunk_size=chunk_size,
         token_rules=loss.token_rules,
     )
-    model = SentenceTransformer(modules=[transformer, pooling], similarity_fn_name="dot")
+    model = SentenceTransformer(
+        modules=[transformer, pooling],
+        similarity_fn_name="dot",
+        model_card_data=carried_over_card_data(loss.model.model_card_data),
+    )
     return model.to(next(transformer.parameters()).device)

@@ -19,6 +19,7 @@ from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 from retromae_st.masking import check_token_rules
 from retromae_st.mlm_head import MaskedLMHead, projection_parts
+from retromae_st.model_card import RetroMAEModelCardData
 from retromae_st.vocab_screening import bf16_screening_supported, ordered_top_k, padded_rows, screened_top_k
 
 logger = logging.getLogger(__name__)
@@ -449,6 +450,7 @@ def load_dupmae_model(path: str | os.PathLike, **kwargs) -> SentenceTransformer:
             "this sentence-transformers version cannot resolve DupMAEPooling to the installed class; load the "
             "model with SentenceTransformer(path, trust_remote_code=True) if you trust the folder"
         )
+    kwargs.setdefault("model_card_data", RetroMAEModelCardData())
     return loader(str(path), {DUPMAE_POOLING_REF: DupMAEPooling}, **kwargs)
 
 

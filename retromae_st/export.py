@@ -24,6 +24,7 @@ from retromae_st.checkpointing import unwrap_model
 from retromae_st.decoder import save_decoder
 from retromae_st.load_report import expected_masked_lm_differences
 from retromae_st.mlm_head import checkpoint_head_state
+from retromae_st.model_card import RetroMAEModelCardData
 from retromae_st.model_location import model_location, naming_hub_failures
 from retromae_st.retromae_loss import RetroMAELoss
 
@@ -58,7 +59,9 @@ def load_cls_model(
             model_name_or_path, max_seq_length=max_seq_length, model_kwargs=model_kwargs or None
         )
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
-    return SentenceTransformer(modules=[transformer, pooling], device=device)
+    return SentenceTransformer(
+        modules=[transformer, pooling], device=device, model_card_data=RetroMAEModelCardData()
+    )
 
 
 def save_as_masked_lm(model: SentenceTransformer, loss: RetroMAELoss, output_dir: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from retromae_st.data import prepare_text_dataset
+from retromae_st.data import NOTHING_TO_RECONSTRUCT, prepare_text_dataset
 
 
 def test_drops_empty_rows_and_reports_why():
@@ -57,6 +57,40 @@ def test_clean_dataset_is_returned_unchanged():
     cleaned, dropped = prepare_text_dataset(dataset)
     assert dropped.total == 0
     assert cleaned._fingerprint == dataset.select_columns(["text"])._fingerprint
+
+
+EMOJI_ROWS = ["a sentence", "🙂🙂 🎉", "another one", "🙂", "", "[UNK] [UNK]"]
+
+
+@pytest.mark.parametrize(
+    ("token_rules", "kept", "nothing"),
+    [
+        ("authors", ["a sentence", "🙂🙂 🎉", "another one", "🙂"], 0),  # [UNK] is predicted: kept
+        ("skip_special", ["a sentence", "another one"], 2),  # nothing but [UNK]: dropped
+    ],
+)
+def test_rows_with_nothing_to_reconstruct_are_dropped_and_counted(tokenizer, token_rules, kept, nothing):
+    dataset = Dataset.from_dict({"text": EMOJI_ROWS})
+    cleaned, dropped = prepare_text_dataset(dataset, tokenizer=tokenizer, token_rules=token_rules)
+    assert cleaned["text"] == kept
+    expected = {"empty or whitespace-only": 1, "only special-token text": 1}
+    if nothing:
+        expected[NOTHING_TO_RECONSTRUCT] = nothing
+    assert dropped.reasons == expected
+    # Without a tokenizer only the text is cleaned.
+    assert prepare_text_dataset(dataset)[0]["text"] == ["a sentence", "🙂🙂 🎉", "another one", "🙂"]
+
+
+def test_nothing_to_reconstruct_within_max_seq_length_is_dropped(tokenizer):
+    """The loss sees only the first max_seq_length tokens: [CLS] [UNK] [UNK] [SEP] has nothing for the old rule."""
+    dataset = Dataset.from_dict({"text": ["🙂 🙂 then words", "words first 🙂"]})
+    cleaned, dropped = prepare_text_dataset(
+        dataset, tokenizer=tokenizer, token_rules="skip_special", max_seq_length=4
+    )
+    assert cleaned["text"] == ["words first 🙂"]
+    assert dropped.reasons == {NOTHING_TO_RECONSTRUCT: 1}
+    with pytest.raises(ValueError, match="token_rules"):
+        prepare_text_dataset(dataset, tokenizer=tokenizer, token_rules="unk")
 
 
 @pytest.mark.parametrize("max_chars", [0, -3, 2.5, True])

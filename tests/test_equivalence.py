@@ -65,8 +65,16 @@ def test_same_loss_and_gradients_on_our_masks(loss_and_batch):
     assert_same(ours, theirs)
 
 
-def test_same_loss_and_gradients_on_the_authors_collator_masks(loss_and_batch, tokenizer):
-    loss, features = loss_and_batch
+@pytest.mark.parametrize("with_unk", [False, True])
+def test_same_loss_and_gradients_on_the_authors_collator_masks(tiny_model, sample_texts, tokenizer, with_unk):
+    """On the reference collator's masks, also for rows with [UNK] (predicted by the authors' decoder); and our
+    own decoder labels are the collator's, [UNK] included."""
+    loss = RetroMAELoss(tiny_model).eval()
+    texts = sample_texts[:6] + (
+        ["🙂 the cat 🎉 sat on 🙂 the mat", "🙂🙂 🎉"] if with_unk else sample_texts[6:8]
+    )
+    features = tiny_model.preprocess(texts)
+    assert bool((features["input_ids"] == tokenizer.unk_token_id).any()) == with_unk
     ids = [
         row[mask.bool()].tolist()
         for row, mask in zip(features["input_ids"], features["attention_mask"], strict=True)
@@ -83,6 +91,8 @@ def test_same_loss_and_gradients_on_the_authors_collator_masks(loss_and_batch, t
     ours = loss_and_gradients(loss, lambda: loss.compute_loss_terms(features, masks))
     theirs = loss_and_gradients(loss, lambda: reference(batch))
     assert_same(ours, theirs)
+    own = loss.make_masks(features, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(own.decoder_labels, batch["decoder_labels"])
 
 
 def test_comparison_notices_a_different_decoder_mask(loss_and_batch):

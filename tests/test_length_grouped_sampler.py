@@ -132,7 +132,7 @@ def test_pretrain_groups_by_length_by_default(tiny_bert_dir, sample_texts, tmp_p
         lambda *args: built.append(original(*args)) or built[-1],
     )
     dataset = Dataset.from_dict({"text": sample_texts[:32]})
-    common = dict(max_steps=1, batch_size=8, max_seq_length=32, disable_tqdm=True)
+    common = dict(max_steps=1, batch_size=8, max_seq_length=32, disable_tqdm=True, pack=False)
     pretraining.pretrain(str(tiny_bert_dir), dataset, str(tmp_path / "a"), **common)
     assert len(built) == 1 and isinstance(built[0], partial)
     pretraining.pretrain(str(tiny_bert_dir), dataset, str(tmp_path / "b"), group_by_length=False, **common)

@@ -32,6 +32,38 @@ def test_masked_lm_checkpoint_loads_without_a_report(caplog, masked_lm_dir):
     assert "LOAD REPORT" not in load_and_capture_warnings(caplog, masked_lm_dir)
 
 
+def tiny_masked_lm_of_family(directory, tokenizer, family: str):
+    """A 2-layer ``*ForMaskedLM`` of ``family`` (RoBERTa, XLM-R, ModernBERT) with the MiniLM vocabulary."""
+    from transformers import (
+        ModernBertConfig,
+        ModernBertForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+        XLMRobertaConfig,
+        XLMRobertaForMaskedLM,
+    )
+
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
+    sizes.update(intermediate_size=128, pad_token_id=0)
+    special = dict(bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102)
+    model = {
+        "roberta": lambda: RobertaForMaskedLM(RobertaConfig(max_position_embeddings=130, **sizes)),
+        "xlm-roberta": lambda: XLMRobertaForMaskedLM(XLMRobertaConfig(max_position_embeddings=130, **sizes)),
+        "modernbert": lambda: ModernBertForMaskedLM(
+            ModernBertConfig(max_position_embeddings=128, **sizes, **special)
+        ),
+    }[family]()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "modernbert"])
+def test_masked_lm_checkpoints_of_other_families_load_without_a_report(caplog, tmp_path, tokenizer, family):
+    folder = tiny_masked_lm_of_family(tmp_path / family, tokenizer, family)
+    assert "LOAD REPORT" not in load_and_capture_warnings(caplog, folder)
+
+
 def test_our_masked_lm_export_loads_without_a_report(caplog, tmp_path, tiny_model):
     save_as_masked_lm(tiny_model, RetroMAELoss(tiny_model), str(tmp_path / "export"))
     assert "LOAD REPORT" not in load_and_capture_warnings(caplog, tmp_path / "export")

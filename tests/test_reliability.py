@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import IterableDataset
+from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from retromae_st import RetroMAELoss, load_cls_model
 from retromae_st.checkpointing import (
@@ -25,7 +26,7 @@ from retromae_st.checkpointing import (
     is_complete_checkpoint,
     last_complete_checkpoint,
 )
-from retromae_st.data import clean_text, load_text_corpus
+from retromae_st.data import NOTHING_TO_RECONSTRUCT, clean_text, load_text_corpus
 from tests.test_training import logged_terms, make_trainer
 
 DATA = Path(__file__).parent / "data"
@@ -70,6 +71,108 @@ def test_load_text_corpus_streams_and_trains(tiny_bert_dir, sample_texts, tmp_pa
     trainer, _ = train_on_stream(tiny_bert_dir, dataset, tmp_path / "out", max_steps=3)
     assert len(logged_terms(trainer)) == 3
     assert dropped.total == 0
+
+
+def test_streamed_rows_with_nothing_to_reconstruct_are_dropped_and_counted(tokenizer, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a sentence\n🙂🙂 🎉\nanother one\n🙂\nlast line\n", encoding="utf-8")
+    dataset, dropped = load_text_corpus(corpus, tokenizer=tokenizer, token_rules="skip_special")
+    assert [row["text"] for row in dataset] == ["a sentence", "another one", "last line"]
+    assert dropped.reasons == {NOTHING_TO_RECONSTRUCT: 2}
+    authors, kept_all = load_text_corpus(corpus, tokenizer=tokenizer)  # [UNK] is predicted: nothing dropped
+    assert len(list(authors)) == 5 and kept_all.total == 0
+
+
+def emoji_corpus(sample_texts, share=0.03, size=400):
+    """``size`` lines of which ``share`` are emoji-only (nothing but [UNK] for the MiniLM vocabulary), spread out."""
+    emoji = ["🙂", "🎉🎉", "🙂 🎉", "👍 🙂 🎉", "🚀"]
+    count = round(size * share)
+    lines = list(sample_texts[: size - count])
+    step = len(lines) // count
+    for i in range(count):
+        lines.insert(i * (step + 1), emoji[i % len(emoji)])
+    return lines
+
+
+def test_emoji_corpus_trains_to_the_end_with_the_default_pretrain_settings(
+    tiny_bert_dir, sample_texts, tmp_path, monkeypatch
+):
+    """3% emoji-only lines with the default settings (length-grouped batches): the emoji lines are the
+    shortest, so they meet in all-[UNK] batches, the batches that stopped such runs before. Under the authors'
+    rules those have no encoder label but decoder targets ([UNK]): one whole epoch runs to the end, every
+    logged term finite, nothing dropped or skipped."""
+    from retromae_st.pretraining import pretrain
+
+    label_counts = []  # (encoder labels, decoder labels) of every trained batch
+    compute_loss_terms = RetroMAELoss.compute_loss_terms
+
+    def counting_compute_loss_terms(self, features, masks):
+        label_counts.append(
+            (int((masks.encoder_labels != -100).sum()), int((masks.decoder_labels != -100).sum()))
+        )
+        return compute_loss_terms(self, features, masks)
+
+    monkeypatch.setattr(RetroMAELoss, "compute_loss_terms", counting_compute_loss_terms)
+    lines = emoji_corpus(sample_texts)
+    batch_size = 2
+    steps = len(lines) // batch_size  # the whole epoch: every batch, the emoji ones included
+    result = pretrain(
+        str(tiny_bert_dir),
+        Dataset.from_dict({"text": lines}),
+        str(tmp_path / "run"),
+        max_steps=steps,
+        batch_size=batch_size,
+        max_seq_length=32,
+        disable_tqdm=True,
+    )
+    assert result.dropped.total == 0 and result.loss.skipped_batches == 0
+    assert Path(result.sentence_transformer_dir, "config.json").is_file()
+    state = json.loads(
+        (tmp_path / "run" / "checkpoints" / f"checkpoint-{steps}" / "trainer_state.json").read_text()
+    )
+    assert state["global_step"] == steps and len(label_counts) == steps
+    history = [entry for entry in state["log_history"] if "encoder_mlm" in entry]
+    assert history and all(
+        math.isfinite(e["encoder_mlm"]) and math.isfinite(e["decoder_mlm"]) for e in history
+    )
+    # An all-[UNK] batch was trained: no encoder label, decoder targets.
+    assert any(encoder == 0 and decoder > 0 for encoder, decoder in label_counts)
+
+
+class InOrderBatchSampler(DefaultBatchSampler):
+    """The rows in dataset order, ``batch_size`` at a time."""
+
+    def __iter__(self):
+        indices = list(range(len(self.sampler)))
+        for start in range(0, len(indices), self.batch_size):
+            yield indices[start : start + self.batch_size]
+
+
+def test_unk_batches_under_the_old_rule_are_skipped_not_fatal(tiny_bert_dir, sample_texts, tmp_path, caplog):
+    """Unprepared data whose batches are all [UNK], old rule: training goes on, each such step counted and
+    warned, the other steps train."""
+    torch.manual_seed(0)
+    model = load_cls_model(str(tiny_bert_dir), max_seq_length=32)
+    loss = RetroMAELoss(model, token_rules="skip_special")
+    dataset = Dataset.from_dict({"text": ["🙂"] * 8 + list(sample_texts[:8]) + ["🎉 🙂"] * 8})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        batch_sampler=InOrderBatchSampler,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    before = {name: value.detach().clone() for name, value in model.named_parameters()}
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer.state.global_step == 3
+    assert loss.skipped_batches == 2
+    assert "2 such batch(es) so far" in caplog.text
+    assert any(not torch.equal(before[name], value) for name, value in model.named_parameters())
 
 
 def test_load_text_corpus_rejects_bad_arguments(tmp_path):

@@ -32,8 +32,8 @@ def run_torchrun(module: str, arguments: list[str], result_path) -> dict:
     return json.loads(result_path.read_text())
 
 
-# DupMAELoss (branch dupmae) joins by adding "dupmae" here and to LOSSES in the worker.
-@pytest.mark.parametrize("loss_name", ["retromae"])
+# dupmae: the chunked BoW max-pool's own backward under DDP (bucketed all-reduce of its gradients).
+@pytest.mark.parametrize("loss_name", ["retromae", "dupmae"])
 def test_two_rank_ddp_step_equals_one_process_on_combined_batch(loss_name, tiny_bert_dir, tmp_path):
     result = run_ddp_equivalence(loss_name, tiny_bert_dir, tmp_path / "result.json")
     assert result["ddp_loss"] == pytest.approx(result["single_loss"], abs=1e-5)

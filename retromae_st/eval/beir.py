@@ -29,6 +29,18 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 DEFAULT_K_VALUES = (1, 3, 5, 10, 100)
+MRR_CUTOFF = 10  # MRR@10 is always reported, so at least this many documents are retrieved
+QRELS_HEADER_NAMES = {
+    "query-id",
+    "query_id",
+    "qid",
+    "query",
+    "corpus-id",
+    "corpus_id",
+    "doc-id",
+    "docid",
+    "score",
+}
 # BEIR's SentenceBERT wrapper and MTEB join a document's title and text with a single space, then strip.
 TITLE_TEXT_SEPARATOR = " "
 
@@ -55,6 +67,7 @@ class BeirDataset:
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
     stats: dict[str, int] = field(default_factory=dict)
+    source: str = ""
 
     def corpus_texts(self, separator: str = TITLE_TEXT_SEPARATOR) -> tuple[list[str], list[str]]:
         """Return ``(doc_ids, texts)`` with each text = ``(title + separator + text).strip()`` as BEIR does."""
@@ -133,13 +146,34 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             try:
                 relevance = int(float(score))
             except ValueError:
-                if line_number == 1:  # header line such as "query-id corpus-id score"
+                if line_number == 1 and looks_like_qrels_header(fields):  # "query-id corpus-id score"
                     continue
                 raise ValueError(f"{path}:{line_number}: relevance {score!r} is not a number") from None
             qrels.setdefault(query_id, {})[doc_id] = relevance
     if not qrels:
         raise ValueError(f"{path}: no relevance judgements")
     return qrels
+
+
+def looks_like_qrels_header(fields: Sequence[str]) -> bool:
+    """A qrels header names its columns (BEIR: ``query-id corpus-id score``); any other non-numeric first line is a
+    malformed judgement, not a header to skip."""
+    return sum(field.strip().lower() in QRELS_HEADER_NAMES for field in fields) >= 2
+
+
+def check_query_texts(queries: Mapping[str, str], judged: Iterable[str], path: Path) -> None:
+    """Judged queries with empty text are scored like any other query but retrieve arbitrary documents: all empty is
+    an error, some empty a warning naming how many and one id."""
+    judged = list(judged)
+    empty = [qid for qid in judged if not queries[qid].strip()]
+    if empty and len(empty) == len(judged):
+        raise ValueError(f"{path}: all {len(judged)} judged queries have empty text")
+    if empty:
+        warnings.warn(
+            f"{path}: {len(empty)} of {len(judged)} judged queries have empty text (e.g. {empty[0]!r}); "
+            "they are searched with an empty string",
+            stacklevel=3,
+        )
 
 
 def check_qrels_ids(
@@ -190,8 +224,19 @@ def load_beir_folder(folder: str | Path, split: str = "test") -> BeirDataset:
     corpus = read_corpus(paths["corpus"])
     queries = read_queries(paths["queries"])
     qrels, stats = check_qrels_ids(read_qrels(paths["qrels"]), queries, corpus, paths["qrels"])
-    stats.update({"corpus_size": len(corpus), "queries": len(queries), "judged_queries": len(qrels)})
-    return BeirDataset(name=folder.name, corpus=corpus, queries=queries, qrels=qrels, stats=stats)
+    check_query_texts(queries, qrels, paths["queries"])
+    empty = sum(1 for qid in qrels if not queries[qid].strip())
+    stats.update(
+        {
+            "corpus_size": len(corpus),
+            "queries": len(queries),
+            "judged_queries": len(qrels),
+            "empty_queries": empty,
+        }
+    )
+    return BeirDataset(
+        name=folder.name, corpus=corpus, queries=queries, qrels=qrels, stats=stats, source=str(paths["qrels"])
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -222,6 +267,9 @@ def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
         digest.update(text.encode())
         digest.update(b"\x01")
     return digest.hexdigest()[:16]
+
+
+PROGRESS_BATCHES = 4
 
 
 class EmbeddingCache:
@@ -258,15 +306,18 @@ class EmbeddingCache:
 def encode_in_chunks(
     encode_fn, texts: Sequence[str], batch_size: int, chunk_size: int, show_progress_bar: bool, desc: str
 ) -> np.ndarray:
-    """Encode ``texts`` chunk by chunk with one document-level progress bar; returns float32 ``[n, dim]``."""
+    """Encode ``texts`` chunk by chunk with one document-level progress bar that moves every
+    ``PROGRESS_BATCHES`` batches (a 10,000-document chunk would otherwise sit at 0% for minutes); returns float32
+    ``[n, dim]``."""
+    step = max(1, min(chunk_size, batch_size * PROGRESS_BATCHES))
     parts = []
     with tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress_bar) as bar:
-        for start in range(0, len(texts), chunk_size):
-            chunk = list(texts[start : start + chunk_size])
+        for start in range(0, len(texts), step):
+            piece = list(texts[start : start + step])
             parts.append(
-                np.asarray(encode_fn(chunk, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
+                np.asarray(encode_fn(piece, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
             )
-            bar.update(len(chunk))
+            bar.update(len(piece))
     return np.concatenate(parts, axis=0)
 
 
@@ -599,6 +650,7 @@ def evaluate_beir(
 ) -> dict[str, Any]:
     """Evaluate a SentenceTransformer (wrapped in :class:`DenseFaissRetriever`) or any :class:`Retriever` on a
     BEIR folder or :class:`BeirDataset`. Returns ``{"dataset", "split", "metrics", "counts", "retriever"}``."""
+    k_values = check_k_values(k_values)
     if not isinstance(dataset, BeirDataset):
         dataset = load_beir_folder(dataset, split=split)
     if isinstance(model_or_retriever, Retriever):
@@ -606,7 +658,8 @@ def evaluate_beir(
     else:
         retriever = DenseFaissRetriever(model_or_retriever, **retriever_kwargs)
     start = time.perf_counter()
-    run = retrieve(retriever, dataset, top_k=max(k_values), ignore_identical_ids=ignore_identical_ids)
+    top_k = max(*k_values, MRR_CUTOFF)
+    run = retrieve(retriever, dataset, top_k=top_k, ignore_identical_ids=ignore_identical_ids)
     metrics = evaluate_run(dataset.qrels, run, k_values=k_values, ignore_identical_ids=ignore_identical_ids)
     info = retriever.info() if hasattr(retriever, "info") else {"retriever": type(retriever).__name__}
     info["total_seconds"] = time.perf_counter() - start
@@ -617,4 +670,25 @@ def evaluate_beir(
         "counts": dict(dataset.stats),
         "retriever": info,
         "ignore_identical_ids": ignore_identical_ids,
+        "k_values": list(k_values),
+        "source": str(dataset.source) if dataset.source else None,
+        "seconds": info["total_seconds"],
     }
+
+
+def check_k_values(k_values: Sequence[int]) -> tuple[int, ...]:
+    """Positive, distinct cut-offs, sorted."""
+    values = tuple(sorted({int(k) for k in k_values}))
+    if not values or values[0] < 1:
+        raise ValueError(f"k values must be positive integers, got {list(k_values)}")
+    return values
+
+
+def headline_metric_names(metrics: Mapping[str, float]) -> list[str]:
+    """The two numbers a table shows: NDCG@10 and Recall@100 when computed, else NDCG / Recall at the largest k."""
+    names = []
+    for family, preferred in (("NDCG", 10), ("Recall", 100)):
+        ks = sorted(int(key.split("@")[1]) for key in metrics if key.startswith(f"{family}@"))
+        if ks:
+            names.append(f"{family}@{preferred if preferred in ks else ks[-1]}")
+    return names

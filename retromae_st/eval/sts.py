@@ -9,17 +9,21 @@ Readers cover SentEval's own ``downstream/`` layout and common single-file forma
 * any csv/tsv file with ``sentence1``, ``sentence2`` and ``score`` (or ``label``/``similarity_score``) columns, or a
   headerless STS-B style file, and a ``datasets`` folder (``save_to_disk``) with those columns.
 
-Scores reported per task: every subset, the "all" setting (subsets of a year concatenated, as MTEB and the
-SimCSE / RetroMAE papers report) and SentEval's mean and weighted mean (weights = number of scored pairs).
+Scores reported per task: every subset; for an STS year the "all" setting (subsets concatenated, as MTEB and the
+SimCSE / RetroMAE papers report) and SentEval's mean and weighted mean (weights = number of scored pairs); for SICK-R
+the test split and "all" over its splits (MTEB scores SICK-R on all 9,927 pairs). STS-B files reached directly
+(``sts-dev.csv``) or inside a SentEval folder get the same names (task ``STSBenchmark``, subset ``dev``).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ("score", "label", "similarity_score", "relatedness_score")
 STS_YEAR_FOLDER = re.compile(r"^(STS1[2-6])-en-test$")
+STSB_FILE = re.compile(r"^sts-(train|dev|test)$")
 SICK_SPLITS = {"SICK_train.txt": "train", "SICK_trial.txt": "trial", "SICK_test_annotated.txt": "test"}
 
 
@@ -50,11 +55,18 @@ class StsPairs:
 
 @dataclass
 class StsTask:
-    """A named group of subsets. ``concatenate`` marks a SentEval STS year, whose "all" setting is reported."""
+    """A named group of subsets.
+
+    ``concatenate``: also report "all" (the subsets concatenated: an STS year, SICK-R). ``subset_means``: also report
+    SentEval's mean / weighted mean over subsets (an STS year only; over train/dev/test splits they mean nothing).
+    ``missing``: expected files that were not found (reported, never silently left out).
+    """
 
     name: str
     subsets: list[StsPairs]
     concatenate: bool = True
+    subset_means: bool = True
+    missing: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -68,11 +80,16 @@ def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def parse_score(value: str, path: Path, line_number: int) -> float:
+def parse_score(value: str, path: Path | str, line_number: int) -> float:
+    """A finite gold score; ``nan``, ``inf`` or text is an error naming the file and line (a single NaN would blank
+    the correlation of its whole subset)."""
     try:
-        return float(value)
-    except ValueError:
+        score = float(value)
+    except (TypeError, ValueError):
         raise ValueError(f"{path}:{line_number}: gold score {value!r} is not a number") from None
+    if not math.isfinite(score):
+        raise ValueError(f"{path}:{line_number}: gold score {value!r} is not a finite number")
+    return score
 
 
 def read_sts_input_and_gold(input_path: Path, gold_path: Path, name: str) -> StsPairs:
@@ -203,15 +220,15 @@ def read_sts_dataset(folder: Path) -> list[StsPairs]:
                 f"{folder} [{split_name}]: no score column (looked for {', '.join(SCORE_COLUMNS)})"
             )
         pairs = StsPairs(name=split_name, sentences1=[], sentences2=[], scores=[], source=str(folder))
-        for s1, s2, score in zip(
-            dataset["sentence1"], dataset["sentence2"], dataset[score_column], strict=True
+        for row, (s1, s2, score) in enumerate(
+            zip(dataset["sentence1"], dataset["sentence2"], dataset[score_column], strict=True)
         ):
             if score is None:
                 pairs.skipped += 1
                 continue
             pairs.sentences1.append(s1)
             pairs.sentences2.append(s2)
-            pairs.scores.append(float(score))
+            pairs.scores.append(parse_score(score, f"{folder} [{split_name}] {score_column!r} row", row))
         subsets.append(pairs)
     return subsets
 
@@ -232,7 +249,10 @@ def read_senteval_sts(downstream: str | Path) -> dict[str, StsTask]:
         files = [benchmark / f"sts-{split}.csv" for split in ("train", "dev", "test")]
         subsets = [read_stsbenchmark_file(path) for path in files if path.is_file()]
         if subsets:
-            tasks["STSBenchmark"] = StsTask("STSBenchmark", subsets, concatenate=False)
+            missing = [str(path) for path in files if not path.is_file()]
+            tasks["STSBenchmark"] = StsTask(
+                "STSBenchmark", subsets, concatenate=False, subset_means=False, missing=missing
+            )
     sick = downstream / "SICK"
     if sick.is_dir():
         subsets = [
@@ -241,7 +261,10 @@ def read_senteval_sts(downstream: str | Path) -> dict[str, StsTask]:
             if (sick / f).is_file()
         ]
         if subsets:
-            tasks["SICK-R"] = StsTask("SICK-R", subsets, concatenate=False)
+            missing = [str(sick / f) for f in SICK_SPLITS if not (sick / f).is_file()]
+            tasks["SICK-R"] = StsTask(
+                "SICK-R", subsets, concatenate=len(subsets) > 1, subset_means=False, missing=missing
+            )
     if not tasks:
         raise FileNotFoundError(
             f"no STS task found under {downstream} (expected STS/STS1x-en-test, STS/STSBenchmark or SICK/)"
@@ -253,16 +276,48 @@ def read_sts_path(path: str | Path) -> dict[str, StsTask]:
     """Dispatch on what ``path`` is: a SentEval folder, an STS year folder, a ``datasets`` folder or a single file."""
     path = Path(path)
     if path.is_file():
-        return {path.stem: StsTask(path.stem, [read_sts_file(path)], concatenate=False)}
+        split = STSB_FILE.match(path.stem)
+        if split:  # an STS-B file keeps STS-B's names, whether reached as a file or inside a SentEval folder
+            pairs = read_sts_file(path)
+            pairs.name = split.group(1)
+            return {"STSBenchmark": StsTask("STSBenchmark", [pairs], concatenate=False, subset_means=False)}
+        return {path.stem: StsTask(path.stem, [read_sts_file(path)], concatenate=False, subset_means=False)}
     if not path.is_dir():
         raise FileNotFoundError(f"STS data not found: {path}")
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        return {path.name: StsTask(path.name, read_sts_dataset(path), concatenate=False)}
+        return {path.name: StsTask(path.name, read_sts_dataset(path), concatenate=False, subset_means=False)}
     if list(path.glob("STS.input.*.txt")):
         match = STS_YEAR_FOLDER.match(path.name)
         name = match.group(1) if match else path.name
         return {name: StsTask(name, read_sts_year(path), concatenate=True)}
     return read_senteval_sts(path)
+
+
+def read_sts_paths(paths: Sequence[str | Path]) -> dict[str, StsTask]:
+    """Read every path (see :func:`read_sts_path`) into one set of tasks. The same subset of the same task reached
+    twice (e.g. STS-B dev as a file and inside a SentEval folder) is an error naming both files; different subsets of
+    one task (STS-B train/dev from a folder, test from a file) are merged."""
+    tasks: dict[str, StsTask] = {}
+    for path in paths:
+        for name, task in read_sts_path(path).items():
+            if name not in tasks:
+                tasks[name] = task
+                continue
+            known = {pairs.name: pairs for pairs in tasks[name].subsets}
+            for pairs in task.subsets:
+                if pairs.name in known:
+                    raise ValueError(
+                        f"STS task {name} subset {pairs.name!r} given twice: {known[pairs.name].source} and "
+                        f"{pairs.source}; pass only one of them"
+                    )
+            merged = tasks[name]
+            merged.subsets = merged.subsets + task.subsets
+            merged.missing = [
+                m
+                for m in merged.missing + task.missing
+                if Path(m).name not in {Path(p.source).name for p in merged.subsets}
+            ]
+    return tasks
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -322,10 +377,10 @@ def score_subset(lookup: Mapping[str, np.ndarray], pairs: StsPairs, similarity: 
 def evaluate_sts_task(
     model, task: StsTask, batch_size: int = 64, similarity: str = "cosine", show_progress_bar: bool = False
 ) -> dict[str, Any]:
-    """Score one task: per subset, then "all" (concatenated), mean and weighted mean over subsets.
-
-    Sentences of the whole task are encoded once.
+    """Score one task: per subset, then "all" (concatenated) and, for an STS year, mean and weighted mean over
+    subsets. Sentences of the whole task are encoded once; the result names each subset's file and its timings.
     """
+    wall, cpu = time.perf_counter(), time.process_time()
     lookup = encode_unique(
         model,
         [s for pairs in task.subsets for s in (*pairs.sentences1, *pairs.sentences2)],
@@ -340,32 +395,54 @@ def evaluate_sts_task(
             **correlations(predicted, pairs.scores),
             "n": len(pairs),
             "skipped": pairs.skipped,
+            "source": pairs.source,
         }
         all_predicted.extend(predicted.tolist())
         all_gold.extend(pairs.scores)
     result: dict[str, Any] = {"subsets": subsets, "similarity": similarity}
-    weights = np.array([s["n"] for s in subsets.values()], dtype=float)
-    for metric in ("spearman", "pearson"):
-        values = np.array([s[metric] for s in subsets.values()])
-        result[f"mean_{metric}"] = float(values.mean())
-        result[f"wmean_{metric}"] = float((values * weights).sum() / weights.sum())
+    if task.subset_means:
+        weights = np.array([s["n"] for s in subsets.values()], dtype=float)
+        for metric in ("spearman", "pearson"):
+            values = np.array([s[metric] for s in subsets.values()])
+            result[f"mean_{metric}"] = float(values.mean())
+            result[f"wmean_{metric}"] = float((values * weights).sum() / weights.sum())
     if task.concatenate:
         result["all"] = {
             **correlations(all_predicted, all_gold),
             "n": len(all_gold),
             "skipped": sum(p.skipped for p in task.subsets),
+            "subsets": list(subsets),
         }
-    result["main"] = headline(task, result)
+    result["headlines"] = headlines(task, result)
+    result["main"] = result["headlines"][0]
+    result["missing_files"] = list(task.missing)
+    result["seconds"] = time.perf_counter() - wall
+    result["cpu_seconds"] = time.process_time() - cpu
     return result
 
 
-def headline(task: StsTask, result: Mapping[str, Any]) -> dict[str, Any]:
-    """The one number a table shows: the "all" Spearman of an STS year, else the test (or last) split's Spearman."""
-    if "all" in result:
-        return {"setting": "all", "spearman": result["all"]["spearman"]}
+def all_setting_label(task: StsTask) -> str:
+    """``all`` for an STS year; for SICK-R ``all (MTEB)`` when its three splits are there (MTEB's 9,927 pairs), else
+    the splits it covers, so that a partial concatenation is never mistaken for MTEB's figure."""
+    if task.subset_means:
+        return "all"
+    names = [pairs.name for pairs in task.subsets]
+    if task.name == "SICK-R" and set(names) == set(SICK_SPLITS.values()):
+        return "all (MTEB)"
+    return "all (" + "+".join(names) + ")"
+
+
+def headlines(task: StsTask, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The numbers a table shows, each with its setting: an STS year's "all"; a split task's test (or last) split,
+    plus its "all" when it has one (SICK-R test and SICK-R all)."""
+    if task.subset_means and "all" in result:
+        return [{"setting": "all", "spearman": result["all"]["spearman"]}]
     names = [pairs.name for pairs in task.subsets]
     chosen = "test" if "test" in names else names[-1]
-    return {"setting": chosen, "spearman": result["subsets"][chosen]["spearman"]}
+    rows = [{"setting": chosen, "spearman": result["subsets"][chosen]["spearman"]}]
+    if "all" in result:
+        rows.append({"setting": all_setting_label(task), "spearman": result["all"]["spearman"]})
+    return rows
 
 
 def evaluate_sts(
@@ -376,13 +453,21 @@ def evaluate_sts(
     show_progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every task; returns ``{"tasks": {name: result}, "similarity": ...}``."""
+    start = time.perf_counter()
     results = {}
     for name, task in tasks.items():
         logger.info(f"STS: evaluating {name} ({sum(len(p) for p in task.subsets)} pairs)")
         results[name] = evaluate_sts_task(model, task, batch_size, similarity, show_progress_bar)
-    return {"tasks": results, "similarity": similarity}
+    missing = [m for task in tasks.values() for m in task.missing]
+    return {
+        "tasks": results,
+        "similarity": similarity,
+        "missing_files": missing,
+        "seconds": time.perf_counter() - start,
+    }
 
 
-def evaluate_sts_folder(model, path: str | Path, **kwargs) -> dict[str, Any]:
-    """Read every STS task found at ``path`` (see :func:`read_sts_path`) and evaluate it."""
-    return evaluate_sts(model, read_sts_path(path), **kwargs)
+def evaluate_sts_folder(model, path: str | Path | Sequence[str | Path], **kwargs) -> dict[str, Any]:
+    """Read every STS task found at ``path`` (one path or several, see :func:`read_sts_paths`) and evaluate it."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    return evaluate_sts(model, read_sts_paths(paths), **kwargs)

@@ -25,10 +25,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from retromae_st import RetroMAELoss, load_cls_model
+from retromae_st import DupMAELoss, RetroMAELoss, load_cls_model
 from retromae_st.checkpointing import sync_loss_gradients
 
-LOSSES = {"retromae": RetroMAELoss}
+LOSSES = {"retromae": RetroMAELoss, "dupmae": DupMAELoss}
 # Equal word counts, so each half holds as many labelled tokens as the other and the mean of the
 # two ranks' mean losses is the combined batch's mean loss.
 TEXTS = [

@@ -45,18 +45,19 @@ def fake_result(model: str, sts: float, ndcg: float) -> dict:
 def test_save_result_and_compare(tmp_path):
     first, second = fake_result("runs/model-a", 70.0, 0.5), fake_result("runs/model-b", 75.0, 0.4)
     json_path, md_path = save_result(first, tmp_path)
-    assert json_path.name == "model-a.json" and load_result(json_path)["model"] == "runs/model-a"
+    assert json_path.name == "runs__model-a.json" and load_result(json_path)["model"] == "runs/model-a"
     assert "| STS12 | **all** | 3 | 1 | **70.00** |" in md_path.read_text()
     assert headline_metrics(first) == {
-        "STS STS12 (all) Spearman": 70.0,
+        "STS STS12 all Spearman": 70.0,
         "BEIR toy NDCG@10": 50.0,
         "BEIR toy Recall@100": 90.0,
     }
     table = compare_markdown([first, second], ["a", "b"])
-    assert "| STS STS12 (all) Spearman | 70.00 | **75.00** |" in table
+    assert "| STS STS12 all Spearman | 70.00 | **75.00** |" in table
     assert "| BEIR toy NDCG@10 | **50.00** | 40.00 |" in table
-    png = plot_comparison([first, second], tmp_path / "cmp.png", ["a", "b"])
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    pngs = plot_comparison([first, second], tmp_path / "cmp.png", ["a", "b"])
+    assert [p.name for p in pngs] == ["cmp-sts.png", "cmp-beir.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 
 def test_load_result_errors(tmp_path):
@@ -86,7 +87,7 @@ def test_cli_sts_beir_and_compare(tmp_path, tiny_model_dir, capsys):
         main(["eval", "sts", "--model", str(tiny_model_dir), "--data", str(sts_dir), "--output", str(out)])
         == 0
     )
-    result = json.loads((out / "tiny.json").read_text())
+    result = json.loads((out / f"{tiny_model_dir.parent.name}__tiny.json").read_text())
     assert result["sts"]["tasks"]["STS12"]["all"]["n"] == 3
     assert result["sts"]["tasks"]["STS12"]["all"]["skipped"] == 1
 
@@ -111,24 +112,39 @@ def test_cli_sts_beir_and_compare(tmp_path, tiny_model_dir, capsys):
     assert main(args) == 0
     beir_result = json.loads((out / "beir-run.json").read_text())
     assert beir_result["beir"]["toy"]["metrics"]["evaluated_queries"] == 1
-    assert main(args) == 0  # second run reads the cache
+    assert main(args) == 2  # the result exists: never overwritten silently
+    assert "beir-run.json already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0  # second run reads the cache
     assert json.loads((out / "beir-run.json").read_text())["beir"]["toy"]["retriever"]["cache"] == "hit"
 
     compare_args = [
         "eval",
         "compare",
-        str(out / "tiny.json"),
+        str(out / f"{tiny_model_dir.parent.name}__tiny.json"),
         str(out / "beir-run.json"),
         "--output",
         str(out),
     ]
     assert main([*compare_args, "--plot"]) == 0
-    assert (out / "compare.md").is_file() and (out / "compare.png").is_file()
+    assert (out / "compare.md").is_file() and (out / "compare-sts.png").is_file()
+    assert (out / "compare-beir.png").is_file()
 
 
 def test_cli_reports_clear_errors(tmp_path, capsys):
-    assert main(["eval", "sts", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path)]) == 2
-    assert "model folder not found" in capsys.readouterr().err
+    data = tmp_path / "sts-dev.csv"
+    data.write_text("g\tf\t2012\t1\t1.0\ta\tb\ng\tf\t2012\t2\t2.0\tc\td\n")
+    args = [
+        "eval",
+        "sts",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path),
+    ]
+    assert main(args) == 2
+    assert "model folder not found" in capsys.readouterr().err  # the data is valid: the model is the problem
     assert main(["eval", "compare", str(tmp_path / "missing.json")]) == 2
     assert "result file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):

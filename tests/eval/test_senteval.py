@@ -95,37 +95,52 @@ def label_model(hash_model_class):
 
 
 def test_readers(tmp_path):
+    """File order with the extended protocol (the senteval protocol's order is tested in test_senteval_protocol)."""
     root = make_downstream(tmp_path / "downstream")
     assert available_transfer_tasks(root) == ["CR", "SST2", "TREC", "MRPC"]
-    cr = load_transfer_task(root, "CR")
+    cr = load_transfer_task(root, "CR", protocol="extended")
     inputs, labels = cr.splits["all"]
     assert len(inputs) == 80 and sum(labels) == 40 and inputs[0] == "good review 0 ."  # empty line dropped
-    trec = load_transfer_task(root, "TREC")
+    assert (
+        cr.empty_lines == 1 and len(load_transfer_task(root, "CR").splits["all"][0]) == 81
+    )  # SentEval keeps it
+    trec = load_transfer_task(root, "TREC", protocol="extended")
     assert trec.splits["train"][0][:2] == ["where is train_5500.label 0 ?", "how many train_5500.label 1 ?"]
-    assert trec.splits["train"][1][:2] == ["LOC", "NUM"]
-    mrpc = load_transfer_task(root, "MRPC")
+    assert trec.splits["train"][1][:2] == [4, 5]  # SentEval's ids: LOC 4, NUM 5
+    mrpc = load_transfer_task(root, "MRPC", protocol="extended")
     assert mrpc.splits["test"][0][1] == ("good left test 1", "right test 1")
-    assert mrpc.splits["test"][1][:2] == ["0", "1"]
-    sst = load_transfer_task(root, "SST2")
+    assert mrpc.splits["test"][1][:2] == [0, 1]
+    sst = load_transfer_task(root, "SST2", protocol="extended")
     assert sst.splits["dev"][0][0] == "bad film dev 0" and sst.splits["dev"][1][:2] == [0, 1]
 
 
-def test_evaluate_transfer_end_to_end(tmp_path, label_model):
+@pytest.mark.parametrize("protocol", ["senteval", "extended"])
+def test_evaluate_transfer_end_to_end(tmp_path, label_model, protocol):
     root = make_downstream(tmp_path / "downstream")
-    result = evaluate_transfer(label_model, root, kfold=3)
-    assert set(result["tasks"]) == {"CR", "SST2", "TREC", "MRPC"}
+    result = evaluate_transfer(label_model, root, kfold=3, protocol=protocol)
+    assert set(result["tasks"]) == {"CR", "SST2", "TREC", "MRPC"} and result["protocol"] == protocol
     for name, values in result["tasks"].items():
-        assert values["accuracy"] >= 99.0, name
+        assert values["accuracy"] >= 98.0, name  # CR: SentEval's protocol keeps the empty line as a sample
+        assert values["sources"] and all(Path(s).is_file() for s in values["sources"])
+        assert values["seconds"] > 0 and values["cpu_seconds"] > 0
     assert result["tasks"]["MRPC"]["f1"] >= 99.0
     assert label_model.calls == 4  # one encode call per task
 
 
-def test_sick_e_is_skipped_without_its_test_file(tmp_path, hash_model):
-    root = make_downstream(tmp_path / "downstream")
+def write_sick_without_test(root: Path) -> None:
     (root / "SICK").mkdir()
-    (root / "SICK" / "SICK_train.txt").write_text("pair_ID\tsentence_A\tsentence_B\tentailment_judgment\n")
-    result = evaluate_transfer(hash_model, root, tasks=["SICK-E"], kfold=3)
-    assert result["tasks"] == {} and result["skipped"] == {"SICK-E": "files missing"}
+    for name in ("SICK_train.txt", "SICK_trial.txt"):
+        (root / "SICK" / name).write_text("pair_ID\tsentence_A\tsentence_B\tentailment_judgment\n")
+
+
+def test_sick_e_named_without_its_test_file(tmp_path, hash_model):
+    root = make_downstream(tmp_path / "downstream")
+    write_sick_without_test(root)
+    with pytest.raises(FileNotFoundError, match=r"SICK-E: file not found: .*SICK_test_annotated.txt"):
+        evaluate_transfer(hash_model, root, tasks=["SICK-E"], kfold=3)
+    result = evaluate_transfer(hash_model, root, tasks=None, kfold=3)
+    assert "SICK_test_annotated.txt" in result["skipped"]["SICK-E"]
+    assert set(result["skipped"]) == {"MR", "SUBJ", "MPQA", "SST5", "SICK-E"}  # every absent task is named
 
 
 def test_bad_transfer_input(tmp_path):

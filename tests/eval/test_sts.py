@@ -138,7 +138,7 @@ def test_header_csv_tsv_and_datasets_folder(tmp_path, hash_model):
 
 
 def test_shared_stsb_csv_counts(shared_data):
-    pairs = read_sts_path(shared_data / "stsb" / "sts-dev.csv")["sts-dev"].subsets[0]
+    pairs = read_sts_path(shared_data / "stsb" / "sts-dev.csv")["STSBenchmark"].subsets[0]
     assert len(pairs) == 1500 and pairs.skipped == 0
     tasks = read_senteval_sts(shared_data / "senteval" / "downstream")
     assert [len(p) for p in tasks["STS12"].subsets] == [750, 750, 459, 750, 399]
