@@ -89,13 +89,18 @@ def test_hub_ids_and_existing_folders(tmp_path, monkeypatch):
     assert model_location(str(tmp_path)) == "local"
 
 
-def test_cli_pretrain_and_eval_pass_namespaced_ids_to_the_hub(hub_cache, tmp_path, capsys):
+def test_cli_pretrain_and_eval_pass_namespaced_ids_to_the_hub(hub_cache, tmp_path, capsys, sample_texts):
+    sts = tmp_path / "sts-dev.csv"  # valid STS data, so that eval gets as far as loading the model
+    rows = [
+        f"main\tx\t2012\t{i:04d}\t{i % 6}.000\t{sample_texts[i]}\t{sample_texts[i + 1]}" for i in range(6)
+    ]
+    sts.write_text("\n".join(rows) + "\n", encoding="utf-8")
     args = ["--corpus", str(SAMPLE_CORPUS), "--output", str(tmp_path / "out")]
     assert main(["pretrain", "--model", "nobody/no-such-model", *args]) == 2
     error = capsys.readouterr().err
     assert "'nobody/no-such-model' is not a local folder" in error and "hub" in error
-    assert main(["eval", "sts", "--model", "nobody/no-such-model", "--data", str(tmp_path)]) == 2
+    assert main(["eval", "sts", "--model", "nobody/no-such-model", "--data", str(sts)]) == 2
     error = capsys.readouterr().err
     assert "'nobody/no-such-model' is not a local folder" in error and "hub" in error
-    assert main(["eval", "sts", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path)]) == 2
+    assert main(["eval", "sts", "--model", str(tmp_path / "no-model"), "--data", str(sts)]) == 2
     assert "model folder not found" in capsys.readouterr().err
