@@ -9,7 +9,7 @@ from sentence_transformers import SentenceTransformer
 from retromae_st.bow_max_pool import bow_max_pool
 from retromae_st.dupmae_pooling import DUPMAE_CITATION, DupMAEPooling
 from retromae_st.masking import RetroMAEMasks, check_token_rules, decoder_targets, maskable_tokens
-from retromae_st.mlm_head import projection_parts
+from retromae_st.mlm_head import head_activation, projection_parts
 from retromae_st.model_card import carried_over_card_data
 from retromae_st.retromae_loss import RetroMAELoss
 
@@ -221,10 +221,13 @@ class DupMAELoss(RetroMAELoss):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As the authors' DupMAE: the query is ``embeddings(inputs_embeds=cls)`` (LayerNorm + dropout applied)."""
         embeddings = self.transformer.auto_model.embeddings
-        token_embeddings = embeddings(input_ids=input_ids)
+        token_embeddings = self.decoder_token_embeddings(input_ids)
         key_value = torch.cat([sentence_embedding[:, None], token_embeddings[:, 1:]], dim=1)
-        query = embeddings(inputs_embeds=sentence_embedding[:, None].expand_as(key_value))
-        return query, key_value
+        query = sentence_embedding[:, None].expand_as(key_value)
+        if self.decoder.position_embeddings is not None:
+            # An encoder without a position table: its embedding layer gets the decoder's own positions.
+            query = query + self.decoder_positions(input_ids.size(1), input_ids.device)[None]
+        return embeddings(inputs_embeds=query), key_value
 
     def get_config_dict(self) -> dict[str, Any]:
         return {**super().get_config_dict(), "bow_loss_weight": self.bow_loss_weight}
@@ -256,7 +259,7 @@ def build_dupmae_model(
     pooling = DupMAEPooling.from_mlm_head(
         loss.mlm_head,
         special_token_ids=[token for token in special_ids if token < loss.head_vocab_size],
-        hidden_act=config.hidden_act,
+        hidden_act=head_activation(loss.mlm_head, config),
         top_k=top_k,
         projection_dim=projection_dim,
         activation=activation,

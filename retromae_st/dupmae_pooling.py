@@ -18,6 +18,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 from retromae_st.masking import check_token_rules
+from retromae_st.mlm_head import MaskedLMHead, projection_parts
 from retromae_st.model_card import RetroMAEModelCardData
 from retromae_st.vocab_screening import bf16_screening_supported, ordered_top_k, padded_rows, screened_top_k
 
@@ -52,7 +53,15 @@ def max_pool_vocab(
 
 
 def _head_vocab_size(head: nn.Module) -> int:
-    return head.predictions.decoder.weight.size(0)
+    return projection_parts(head)[1].size(0)
+
+
+def _transform_layers(head: nn.Module) -> tuple[nn.Linear, nn.LayerNorm]:
+    """The dense layer and LayerNorm of an MLM head's transform."""
+    if isinstance(head, MaskedLMHead):
+        return head.dense, head.norm
+    transform = head.predictions.transform
+    return transform.dense, transform.LayerNorm
 
 
 def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
@@ -211,25 +220,32 @@ class DupMAEPooling(Module):
 
     @classmethod
     def from_mlm_head(
-        cls, head: BertOnlyMLMHead, special_token_ids: list[int], hidden_act: str = "gelu", **kwargs
+        cls, head: nn.Module, special_token_ids: list[int], hidden_act: str = "gelu", **kwargs
     ) -> DupMAEPooling:
-        """A pooling holding a copy of ``head`` (e.g. a trained :class:`retromae_st.DupMAELoss`'s);
-        ``hidden_act`` is the encoder config's, which the head's transform uses."""
-        transform = head.predictions.transform
-        decoder_weight = head.predictions.decoder.weight
+        """A pooling holding a copy of ``head`` (e.g. a trained :class:`retromae_st.DupMAELoss`'s), of any
+        supported family (see :func:`retromae_st.mlm_head.projection_parts`); ``hidden_act`` is the
+        activation of the head's transform (``retromae_st.mlm_head.head_activation``).
+
+        The copy is kept in ``BertOnlyMLMHead``'s layout (the saved format of this module); a layer of the
+        source head without a bias (ModernBERT's) gets a zero bias, which computes the same logits.
+        """
+        _, decoder_weight, decoder_bias = projection_parts(head)
+        dense, norm = _transform_layers(head)
         pooling = cls(
             hidden_size=decoder_weight.size(1),
             vocab_size=decoder_weight.size(0),
             special_token_ids=special_token_ids,
-            layer_norm_eps=transform.LayerNorm.eps,
+            layer_norm_eps=norm.eps,
             hidden_act=hidden_act,
             **kwargs,
         )
         with torch.no_grad():
             target = pooling.mlm_head.predictions
-            target.transform.load_state_dict(transform.state_dict())
+            for source, copy in ((dense, target.transform.dense), (norm, target.transform.LayerNorm)):
+                copy.weight.copy_(source.weight)
+                copy.bias.copy_(source.bias if source.bias is not None else torch.zeros_like(copy.bias))
             target.decoder.weight.copy_(decoder_weight)
-            target.bias.copy_(head.predictions.bias)
+            target.bias.copy_(decoder_bias if decoder_bias is not None else torch.zeros_like(target.bias))
         # BertOnlyMLMHead(config) ties decoder.bias to bias; keep that tie after the copy.
         target.decoder.bias = target.bias
         return pooling.to(decoder_weight.device)

@@ -1,11 +1,12 @@
 """Moving between sentence-transformers folders and masked-LM checkpoints.
 
-- :func:`load_cls_model` turns any BERT-family checkpoint (a RetroMAE/DupMAE release such as
-  ``Shitao/RetroMAE``, a ``BertForMaskedLM`` folder written by :func:`save_as_masked_lm`, or a plain
+- :func:`load_cls_model` turns any supported checkpoint (a RetroMAE/DupMAE release such as
+  ``Shitao/RetroMAE``, a ``*ForMaskedLM`` folder written by :func:`save_as_masked_lm`, or a plain
   model) into a SentenceTransformer that embeds with the final ``[CLS]`` state, as RetroMAE does.
 - :func:`save_as_masked_lm` writes the encoder together with the loss's MLM head as a standard
-  ``BertForMaskedLM`` folder: the layout the authors publish, and the start of a later stage of
-  pre-training (``RetroMAELoss`` picks the head up again).
+  ``*ForMaskedLM`` folder of its family (``BertForMaskedLM`` is the layout the authors publish), with
+  the trained decoder beside it: the start of a later stage of pre-training (``RetroMAELoss`` picks
+  the head and the decoder up again).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from contextlib import nullcontext
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
-from transformers import BertForMaskedLM
+from torch import nn
+from transformers import AutoModelForMaskedLM
 
 from retromae_st.checkpointing import unwrap_model
+from retromae_st.decoder import save_decoder
 from retromae_st.load_report import expected_masked_lm_differences
+from retromae_st.mlm_head import checkpoint_head_state
 from retromae_st.model_card import RetroMAEModelCardData
 from retromae_st.model_location import model_location, naming_hub_failures
 from retromae_st.retromae_loss import RetroMAELoss
@@ -61,30 +65,48 @@ def load_cls_model(
 
 
 def save_as_masked_lm(model: SentenceTransformer, loss: RetroMAELoss, output_dir: str) -> None:
-    """Saves the encoder with ``loss``'s MLM head as a ``BertForMaskedLM`` folder (safetensors + tokenizer).
+    """Saves the encoder with ``loss``'s MLM head in the family's own ``*ForMaskedLM`` layout, plus the
+    trained decoder beside it (safetensors + tokenizer + ``retromae_decoder.safetensors`` /
+    ``retromae_decoder_config.json``).
 
-    The folder loads with ``BertForMaskedLM.from_pretrained``, with :func:`load_cls_model` for
-    embedding, and as the starting checkpoint of a new :class:`RetroMAELoss` (which then reuses the
-    head). Only BERT-layout encoders can be written this way.
+    The folder loads with ``AutoModelForMaskedLM.from_pretrained`` (``BertForMaskedLM``,
+    ``RobertaForMaskedLM``, ``XLMRobertaForMaskedLM``, ``ModernBertForMaskedLM``, ...), with
+    :func:`load_cls_model` for embedding, and as the starting checkpoint of a new :class:`RetroMAELoss` /
+    :class:`retromae_st.DupMAELoss`, which then starts from the saved head and decoder.
     """
     transformer = unwrap_model(model)[0]
     encoder = transformer.auto_model
-    if encoder.config.model_type != "bert":
+    model_type = encoder.config.model_type
+    try:
+        masked_lm = AutoModelForMaskedLM.from_config(encoder.config)
+    except ValueError as error:
         raise ValueError(
-            f"save_as_masked_lm writes the BertForMaskedLM layout; this encoder is {encoder.config.model_type!r}"
-        )
-    masked_lm = BertForMaskedLM(encoder.config)
+            f"save_as_masked_lm: transformers has no *ForMaskedLM class for {model_type!r}"
+        ) from error
     encoder_state = {
         key: value for key, value in encoder.state_dict().items() if not key.startswith("pooler.")
     }
-    masked_lm.bert.load_state_dict(encoder_state, strict=True)
-    head_state = {
-        key: value for key, value in loss.mlm_head.state_dict().items() if key != "predictions.decoder.weight"
-    }
-    missing, unexpected = masked_lm.cls.load_state_dict(head_state, strict=False)
-    if unexpected or [key for key in missing if key != "predictions.decoder.weight"]:
-        raise ValueError(f"MLM head does not fit BertForMaskedLM: missing {missing}, unexpected {unexpected}")
+    missing, unexpected = masked_lm.base_model.load_state_dict(encoder_state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"The encoder does not fit {type(masked_lm).__name__}: missing {missing}, unexpected {unexpected}"
+        )
+    prefix = f"{masked_lm.base_model_prefix}."
+    head_state = checkpoint_head_state(loss.mlm_head, model_type)
+    missing, unexpected = masked_lm.load_state_dict(head_state, strict=False)
+    missing = [key for key in missing if not key.startswith(prefix) and key not in _tied_keys(masked_lm)]
+    if missing or unexpected:
+        raise ValueError(
+            f"The MLM head does not fit {type(masked_lm).__name__}: missing {missing}, unexpected {unexpected}"
+        )
     masked_lm.tie_weights()
     os.makedirs(output_dir, exist_ok=True)
     masked_lm.save_pretrained(output_dir)
     transformer.tokenizer.save_pretrained(output_dir)
+    save_decoder(loss.decoder, output_dir, type(loss).__name__)
+
+
+def _tied_keys(masked_lm: nn.Module) -> set[str]:
+    """Names of ``masked_lm``'s tensors that are tied to another one (filled by ``tie_weights``)."""
+    tied = getattr(masked_lm, "_tied_weights_keys", None) or {}
+    return set(tied) if isinstance(tied, dict) else set(tied)

@@ -7,10 +7,12 @@ int64 conversion, cumulative sum) go through NumPy on the same memory. The algor
 ``transformers.DataCollatorForWholeWordMask._whole_word_mask``:
 
 1. Words are runs of tokens in which every piece after the first is a continuation piece
-   (``##x`` for WordPiece). Which tokens can be part of a word is set by the *token rules*
-   (:data:`TOKEN_RULES`): ``"authors"`` (default), as ``_whole_word_mask``, which skips only the tokens
-   ``[CLS]`` and ``[SEP]`` (by their string), so ``[UNK]`` and any other special id inside the text is a
-   word; ``"skip_special"``: no special token is a word. Padding never belongs to a word.
+   (``##x`` for WordPiece, a piece without ``Ġ``/``▁`` for byte-level BPE and SentencePiece; CJK
+   characters are words of their own, see :func:`word_start_table`). Which tokens can be part of a word
+   is set by the *token rules* (:data:`TOKEN_RULES`): ``"authors"`` (default), as ``_whole_word_mask``,
+   which skips only the tokens ``[CLS]`` and ``[SEP]`` (by their string), so ``[UNK]`` and any other
+   special id inside the text is a word; ``"skip_special"``: no special token is a word. Padding never
+   belongs to a word.
 2. A row of ``n`` tokens (special tokens included, padding excluded) gets a budget of
    ``k = min(max_predictions, max(1, round(n * ratio)))`` tokens.
 3. Words are visited in a uniformly random order; a word is taken when it still fits in the budget
@@ -35,6 +37,7 @@ is hidden like any other). The decoder predicts every position but the first and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,22 +57,116 @@ TOKEN_RULES = ("authors", "skip_special")
 def word_start_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     """Returns a bool tensor over the vocabulary: ``True`` where a token id starts a new word.
 
-    WordPiece vocabularies mark continuation pieces with ``##``; byte-level BPE and SentencePiece
-    vocabularies mark word *starts* with ``Ġ`` / ``▁``. The kind is detected from the vocabulary.
+    - WordPiece vocabularies (BERT) mark continuation pieces (``##x``); every other piece starts a word.
+    - Byte-level BPE (RoBERTa, ModernBERT: ``Ġ``) and SentencePiece / Metaspace (XLM-R: ``▁``)
+      vocabularies mark word *starts*; every other piece continues the word before it. A text's first
+      piece often has no marker (no prefix space); it still starts a word, because the token before it
+      is a special one (:func:`word_index`).
+    - CJK characters (as BERT's tokenizer defines them) are words of their own: in a start-marker
+      vocabulary a piece that begins with one starts a word without a marker (a piece of several CJK
+      characters is one word). WordPiece tokenizers split CJK characters into pieces without ``##``
+      already, so their rule is left as it is (the authors' collator: ``not token.startswith("##")``).
+    - Byte pieces (byte-level BPE pieces that hold part of a character, SentencePiece byte-fallback
+      pieces ``<0xNN>``): a piece that begins inside a character never starts a word; one that begins
+      with the first byte of a CJK character does.
+
+    The scheme is read from the tokenizer's backend (a WordPiece model, or a ``continuing_subword_prefix``)
+    and otherwise from the vocabulary (the more common of ``##`` continuations and ``Ġ``/``▁`` starts).
     """
     vocab = tokenizer.get_vocab()
     size = max(len(tokenizer), max(vocab.values()) + 1)
     tokens = [""] * size
     for token, index in vocab.items():
         tokens[index] = token
-    uses_start_markers = not any(t.startswith(CONTINUATION_MARKER) for t in tokens) and any(
-        t.startswith(WORD_START_MARKERS) for t in tokens
-    )
-    if uses_start_markers:
-        starts = [t.startswith(WORD_START_MARKERS) for t in tokens]
-    else:
-        starts = [not t.startswith(CONTINUATION_MARKER) for t in tokens]
-    return torch.tensor(starts, dtype=torch.bool)
+    continuation = _continuation_prefix(tokenizer, tokens)
+    byte_level = continuation is None and _uses_byte_level(tokens)
+    return torch.tensor([_starts_word(token, continuation, byte_level) for token in tokens], dtype=torch.bool)
+
+
+def _continuation_prefix(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> str | None:
+    """The prefix of continuation pieces (``##``), or ``None`` for a vocabulary that marks word starts."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    prefix = getattr(model, "continuing_subword_prefix", None)
+    if prefix:
+        return prefix
+    if model is not None and type(model).__name__ in ("BPE", "Unigram"):
+        return None
+    continuations = sum(token.startswith(CONTINUATION_MARKER) for token in tokens)
+    starts = sum(token.startswith(WORD_START_MARKERS) for token in tokens)
+    return None if starts > continuations else CONTINUATION_MARKER
+
+
+def _uses_byte_level(tokens: list[str]) -> bool:
+    return sum(token.startswith("Ġ") for token in tokens) > sum(token.startswith("▁") for token in tokens)
+
+
+def _starts_word(token: str, continuation: str | None, byte_level: bool) -> bool:
+    if continuation is not None:
+        return not token.startswith(continuation)  # WordPiece tokenizers split CJK characters already
+    if token.startswith(WORD_START_MARKERS):
+        return True
+    fallback = _BYTE_FALLBACK.fullmatch(token)
+    if fallback is not None:
+        return _bytes_begin_cjk(bytes([int(fallback.group(1), 16)]))
+    if byte_level and all(char in _BYTE_OF_CHAR for char in token):
+        return _bytes_begin_cjk(bytes(_BYTE_OF_CHAR[char] for char in token))
+    return _begins_with_cjk(token)
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-ins for the 256 byte values (character -> byte), as byte-level BPE uses."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+#: BERT's CJK code point ranges (``BasicTokenizer._is_chinese_char``): the characters it splits one by one.
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
+def is_cjk(code_point: int) -> bool:
+    return any(low <= code_point <= high for low, high in _CJK_RANGES)
+
+
+def _begins_with_cjk(text: str) -> bool:
+    return bool(text) and is_cjk(ord(text[0]))
+
+
+def _bytes_begin_cjk(data: bytes) -> bool:
+    """Whether ``data`` begins with the first byte(s) of a CJK character (the rest may be in later pieces)."""
+    if not data:
+        return False
+    lead = data[0]
+    length = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 0
+    if length == 0:  # ASCII, or a continuation byte: not the start of a multi-byte character
+        return False
+    # The smallest code point with the bytes at hand as its prefix (CJK blocks start on 64-aligned points).
+    code_point = lead & (0x7F >> length)
+    for index in range(1, length):
+        following = data[index] if index < len(data) and data[index] >> 6 == 0b10 else 0x80
+        code_point = (code_point << 6) | (following & 0x3F)
+    return is_cjk(code_point)
 
 
 def special_token_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:

@@ -384,6 +384,7 @@ def pretrain(
     dataset, dropped, packing = pretraining_dataset(
         corpus, model.tokenizer, max_seq_length, pack, text_field, shuffle_buffer_size, seed, token_rules
     )
+    loss.warn_on_full_length = not pack  # packed blocks fill max_seq_length exactly, nothing is cut
     if group_by_length is None:
         group_by_length = not pack and isinstance(dataset, Dataset)
     if group_by_length and "batch_sampler" not in training_kwargs:

@@ -11,7 +11,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from torch import nn
 
 from retromae_st.checkpointing import TrainableLossMixin, unwrap_model
-from retromae_st.decoder import EnhancedDecoderLayer
+from retromae_st.decoder import EnhancedDecoderLayer, load_saved_decoder
 from retromae_st.masking import (
     RetroMAEMasks,
     boundary_token_table,
@@ -24,6 +24,11 @@ from retromae_st.masking import (
 from retromae_st.mlm_head import build_mlm_head, masked_lm_loss
 
 logger = logging.getLogger(__name__)
+
+
+def has_position_table(encoder: nn.Module) -> bool:
+    """Whether the encoder adds learned absolute position embeddings (BERT, RoBERTa, XLM-R; not ModernBERT)."""
+    return isinstance(getattr(encoder.embeddings, "position_embeddings", None), nn.Embedding)
 
 
 def check_ratio(name: str, value: float) -> float:
@@ -132,17 +137,21 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         transformer = self._check_model(model)
         self.model = model
         tokenizer = transformer.tokenizer
-        config = transformer.auto_model.config
-        embeddings = transformer.auto_model.embeddings
+        encoder = transformer.auto_model
         self.mask_token_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
-        self.decoder = EnhancedDecoderLayer.from_config(config)
-        self.mlm_head = build_mlm_head(
-            config, embeddings.word_embeddings, transformer.auto_model.name_or_path
+        # Encoders without an absolute position table (ModernBERT) give the decoder a learned one of its own.
+        self.decoder = EnhancedDecoderLayer.from_config(
+            encoder.config, own_positions=not has_position_table(encoder)
         )
+        load_saved_decoder(self.decoder, encoder.name_or_path)
+        self.mlm_head = build_mlm_head(encoder.config, encoder.get_input_embeddings(), encoder.name_or_path)
         self.register_buffer("word_starts", word_start_table(tokenizer), persistent=False)
         self.register_buffer("special_tokens", special_token_table(tokenizer), persistent=False)
         self.register_buffer("boundary_tokens", boundary_token_table(tokenizer), persistent=False)
+        #: Warn (once) when a batch's texts reach max_seq_length: they may have been truncated. Off for
+        #: packed blocks (:func:`retromae_st.pack_corpus`), which fill it exactly and lose nothing.
+        self.warn_on_full_length = True
         self._warned_full_length = False
         self.skipped_batches = 0  #: batches with nothing to reconstruct, trained as zero-gradient steps
 
@@ -154,11 +163,21 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         if not modules or not isinstance(modules[0], Transformer):
             raise ValueError("model's first module must be a sentence_transformers Transformer")
         transformer = modules[0]
-        embeddings = getattr(transformer.auto_model, "embeddings", None)
-        if not all(hasattr(embeddings, name) for name in ("word_embeddings", "position_embeddings")):
+        encoder = transformer.auto_model
+        word_embeddings = encoder.get_input_embeddings() if hasattr(encoder, "get_input_embeddings") else None
+        if not isinstance(getattr(encoder, "embeddings", None), nn.Module) or not isinstance(
+            word_embeddings, nn.Embedding
+        ):
             raise ValueError(
-                f"{type(transformer.auto_model).__name__} is not a BERT-family encoder: RetroMAE needs "
-                "`embeddings.word_embeddings` and `embeddings.position_embeddings`"
+                f"{type(encoder).__name__} is not a supported encoder: RetroMAE needs an `embeddings` module and "
+                "word embeddings (`get_input_embeddings()`), as BERT, RoBERTa, XLM-RoBERTa and ModernBERT have"
+            )
+        hidden_size = getattr(encoder.config, "hidden_size", None)
+        if word_embeddings.embedding_dim != hidden_size:
+            raise ValueError(
+                f"{type(encoder).__name__} embeds tokens in {word_embeddings.embedding_dim} dimensions but its hidden "
+                f"size is {hidden_size}: RetroMAE's decoder adds the sentence embedding to the token embeddings, "
+                "so they must have the same width (e.g. ELECTRA with embedding_size != hidden_size is not supported)"
             )
         if transformer.tokenizer is None or transformer.tokenizer.mask_token_id is None:
             raise ValueError("model's tokenizer has no mask token, which masked auto-encoding needs")
@@ -236,16 +255,19 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         return features
 
     def check_has_content(self, features: dict[str, torch.Tensor]) -> None:
-        """Checks a batch's content: warns once when texts fill ``max_seq_length`` (they were truncated).
+        """Checks a batch's content: warns once when texts reach ``max_seq_length`` (they may have been
+        truncated; not for packed blocks, see ``warn_on_full_length``).
         A batch with nothing to reconstruct is not an error (see :meth:`skipped_batch_terms`)."""
         input_ids, attention_mask = features["input_ids"], features["attention_mask"]
         max_length = self.transformer.max_seq_length
-        if not self._warned_full_length and max_length and input_ids.size(1) >= max_length:
+        warn = self.warn_on_full_length and not self._warned_full_length
+        if warn and max_length and input_ids.size(1) >= max_length:
             if bool((attention_mask.sum(dim=1) >= max_length).any()):
                 self._warned_full_length = True
                 logger.warning(
-                    "Some texts fill max_seq_length=%d and were truncated; the rest of them is not trained on. "
-                    "Raise model.max_seq_length or split long documents into passages.",
+                    "Some texts reach max_seq_length=%d: any text longer than that was truncated and its rest is "
+                    "not trained on. Pack the corpus (retromae_st.pack_corpus; pretrain does by default), raise "
+                    "model.max_seq_length or split long documents into passages.",
                     max_length,
                 )
 
@@ -274,22 +296,39 @@ class RetroMAELoss(TrainableLossMixin, nn.Module):
         return self.model(encoder_features)["token_embeddings"]
 
     def decoder_position_ids(self, length: int, device: torch.device) -> torch.Tensor:
+        if self.decoder.position_embeddings is not None:
+            return torch.arange(length, device=device)
         embeddings = self.transformer.auto_model.embeddings
         # RoBERTa-style embeddings count positions from padding_idx + 1.
         offset = getattr(embeddings, "padding_idx", None)
         start = offset + 1 if isinstance(offset, int) else 0
         return torch.arange(start, start + length, device=device)
 
+    def decoder_positions(self, length: int, device: torch.device) -> torch.Tensor:
+        """``(L, H)`` position embeddings of the decoder's query stream: the encoder's own table, or the
+        decoder's learned one for an encoder without a table (our extension of the paper)."""
+        table = self.decoder.position_embeddings
+        if table is None:
+            table = self.transformer.auto_model.embeddings.position_embeddings
+        return table(self.decoder_position_ids(length, device))
+
+    def decoder_token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, L, H)`` embeddings of the unmasked input for the key/value stream: the encoder's embedding
+        layer, to which the decoder's own positions are added first when the encoder has no table."""
+        embeddings = self.transformer.auto_model.embeddings
+        if self.decoder.position_embeddings is None:
+            return embeddings(input_ids=input_ids)
+        word_embeddings = self.transformer.auto_model.get_input_embeddings()(input_ids)
+        positions = self.decoder_positions(input_ids.size(1), input_ids.device)
+        return embeddings(inputs_embeds=word_embeddings + positions[None])
+
     def decoder_inputs(
         self, sentence_embedding: torch.Tensor, input_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The enhanced decoder's query stream and key/value stream, as in the authors' RetroMAE code."""
-        embeddings = self.transformer.auto_model.embeddings
-        token_embeddings = embeddings(input_ids=input_ids)
+        token_embeddings = self.decoder_token_embeddings(input_ids)
         key_value = torch.cat([sentence_embedding[:, None], token_embeddings[:, 1:]], dim=1)
-        positions = embeddings.position_embeddings(
-            self.decoder_position_ids(input_ids.size(1), input_ids.device)
-        )
+        positions = self.decoder_positions(input_ids.size(1), input_ids.device)
         query = positions[None] + sentence_embedding[:, None]
         return query, key_value
 

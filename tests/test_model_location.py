@@ -94,8 +94,13 @@ def test_cli_pretrain_and_eval_pass_namespaced_ids_to_the_hub(hub_cache, tmp_pat
     assert main(["pretrain", "--model", "nobody/no-such-model", *args]) == 2
     error = capsys.readouterr().err
     assert "'nobody/no-such-model' is not a local folder" in error and "hub" in error
-    assert main(["eval", "sts", "--model", "nobody/no-such-model", "--data", str(tmp_path)]) == 2
+    # eval checks its data before it loads the model: give it a valid STS-B file, so the model is reached
+    sts = tmp_path / "pairs.tsv"
+    rows = ["sentence1\tsentence2\tscore", *(f"sentence {i}\tother {i}\t{i}.0" for i in range(5))]
+    sts.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    eval_args = ["--data", str(sts), "--output", str(tmp_path / "eval")]
+    assert main(["eval", "sts", "--model", "nobody/no-such-model", *eval_args]) == 2
     error = capsys.readouterr().err
     assert "'nobody/no-such-model' is not a local folder" in error and "hub" in error
-    assert main(["eval", "sts", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path)]) == 2
+    assert main(["eval", "sts", "--model", str(tmp_path / "no-model"), *eval_args]) == 2
     assert "model folder not found" in capsys.readouterr().err

@@ -241,3 +241,32 @@ def test_export_as_masked_lm_round_trips(tiny_model, sample_texts, tmp_path):
 def test_load_cls_model_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_cls_model(str(tmp_path / "nope" / "model"))
+
+
+def test_full_length_warning_is_off_for_packed_blocks(tiny_model, caplog):
+    loss = RetroMAELoss(tiny_model)
+    # What pretrain(pack=True) sets: packed blocks fill max_seq_length exactly.
+    loss.warn_on_full_length = False
+    with caplog.at_level(logging.WARNING):
+        loss([features_of(tiny_model, ["word " * 5000, "short text"])])
+    assert "max_seq_length" not in caplog.text
+
+
+def test_packed_pretrain_does_not_warn_of_truncation(tiny_bert_dir, sample_texts, tmp_path, caplog):
+    from datasets import Dataset
+
+    from retromae_st.pretraining import pretrain
+
+    with caplog.at_level(logging.WARNING):
+        result = pretrain(
+            str(tiny_bert_dir),
+            Dataset.from_dict({"text": sample_texts[:200]}),
+            str(tmp_path / "run"),
+            max_steps=2,
+            batch_size=4,
+            max_seq_length=32,
+            disable_tqdm=True,
+        )
+    assert result.packing.blocks > 0 and result.packing.fill_rate > 0.8  # blocks do fill max_seq_length
+    assert "reach max_seq_length" not in caplog.text
+    assert result.loss.warn_on_full_length is False
