@@ -76,7 +76,9 @@ class PretrainingResult:
     loss: RetroMAELoss | dict[str, RetroMAEContrastiveLoss]
     sentence_transformer_dir: str  #: plain ST folder (Transformer + CLS pooling)
     masked_lm_dir: str | None  #: masked-LM folder (encoder + MLM head) to continue pre-training from
-    dropped: DroppedRows | dict[str, DroppedRows] | None  #: rows dropped by cleaning (unpacked / stage 2)
+    dropped: (
+        DroppedRows | dict[str, DroppedRows] | None
+    )  #: rows dropped by cleaning (the packer's count when packed)
     dupmae_dir: str | None = None  #: Transformer + DupMAEPooling folder (method="dupmae")
     packing: Any = None  #: the packer's statistics (``pack=True``)
     resumed_from: str | None = None  #: the checkpoint the run continued from
@@ -232,7 +234,7 @@ def pretraining_dataset(
         columns = raw.column_names or []
         document_column = "document_id" if "document_id" in columns else None
         dataset, stats = pack_corpus(raw, tokenizer, max_seq_length, document_column=document_column)
-        dropped = None
+        dropped = stats.dropped  # the packer cleans the rows itself
     else:
         # Rows the loss could not learn from are dropped (and counted) here, not met hours into the run.
         rules = {"tokenizer": tokenizer, "token_rules": token_rules, "max_seq_length": max_seq_length}
