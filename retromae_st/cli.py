@@ -195,9 +195,11 @@ def read_transfer_data(senteval: Path, args: argparse.Namespace) -> tuple[dict[s
 
 
 def read_beir_data(paths: Sequence[Path], args: argparse.Namespace) -> list[Any]:
-    from retromae_st.eval.beir import check_k_values, load_beir_folder
+    from retromae_st.eval.beir import EmbeddingCache, check_k_values, load_beir_folder
 
     check_k_values(args.k_values)
+    if args.retriever == "dense" and not args.no_cache:
+        EmbeddingCache(args.cache_dir).check_writable()  # before the model loads and the corpus is encoded
     return [load_beir_folder(folder, split=args.split) for folder in beir_folders(paths)]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -282,6 +283,20 @@ class EmbeddingCache:
     def __init__(self, cache_dir: str | Path) -> None:
         self.cache_dir = Path(cache_dir)
 
+    def check_writable(self) -> None:
+        """Before any encoding: the folder can be created and written (a read-only cache would otherwise fail
+        only once the corpus is encoded). One-line ``PermissionError`` naming the folder."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cache_dir / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise PermissionError(
+                f"embedding cache folder {self.cache_dir} is not writable ({error.strerror}): pass another "
+                "cache folder (--cache-dir) or no cache (--no-cache)"
+            ) from None
+
     @staticmethod
     def key(model_hash: str, corpus_hash: str, settings: Mapping[str, Any]) -> str:
         payload = json.dumps({"model": model_hash, "corpus": corpus_hash, **settings}, sort_keys=True)
@@ -432,6 +447,8 @@ class DenseFaissRetriever:
         self.model = model
         self.batch_size = batch_size
         self.cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
+        if self.cache is not None:
+            self.cache.check_writable()
         self.chunk_size = chunk_size
         self.index_type = index_type
         self.hnsw_m = hnsw_m

@@ -343,3 +343,22 @@ def test_one_readable_chart_per_family(tmp_path):
     for path in paths:
         width, height = Image.open(path).size
         assert width <= 1400 and height <= 1400
+
+
+def test_unwritable_embedding_cache_fails_before_the_model_loads(tmp_path, capsys):
+    from retromae_st.eval.beir import DenseFaissRetriever
+
+    beir = write_beir(
+        tmp_path / "beir" / "toy",
+        [{"_id": "d1", "text": "x"}],
+        [{"_id": "q1", "text": "y"}],
+        [("q1", "d1", 1)],
+    )
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["eval", "beir", "--data", str(beir), "--output", str(tmp_path / "out")]
+    # the model does not exist: the cache is checked first, before the model loads and the corpus is encoded
+    code = main([*args, "--model", str(tmp_path / "no-model"), "--cache-dir", str(blocker / "cache")])
+    assert code == 1 and "embedding cache folder" in capsys.readouterr().err
+    with pytest.raises(PermissionError, match="embedding cache folder"):
+        DenseFaissRetriever(object(), cache_dir=blocker / "cache")  # the Python API checks it up front too
