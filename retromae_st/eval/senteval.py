@@ -158,17 +158,21 @@ def normalise_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
-def read_text_lines(path: Path, keep_empty: bool = False) -> tuple[list[str], int]:
-    """Lines of a file (UTF-8 with or without BOM, else latin-1), whitespace-normalised, and the number of empty
-    lines (kept as ``""`` when ``keep_empty``, else dropped)."""
+def decoded_lines(path: Path) -> list[str]:
+    """The lines of a transfer task file: UTF-8 with or without BOM, else latin-1 (as SentEval's files come)."""
     if not path.is_file():
         raise FileNotFoundError(f"transfer task file not found: {path}")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    lines = [normalise_whitespace(line) for line in text.splitlines()]
+        return raw.decode("latin-1").splitlines()
+
+
+def read_text_lines(path: Path, keep_empty: bool = False) -> tuple[list[str], int]:
+    """Lines of a file (UTF-8 with or without BOM, else latin-1), whitespace-normalised, and the number of empty
+    lines (kept as ``""`` when ``keep_empty``, else dropped)."""
+    lines = [normalise_whitespace(line) for line in decoded_lines(path)]
     empty = sum(1 for line in lines if not line)
     return (lines if keep_empty else [line for line in lines if line]), empty
 
@@ -206,14 +210,7 @@ def read_sst_file(path: Path, fine: bool) -> tuple[list[str], list[int]]:
 
 def read_text_lines_raw(path: Path) -> tuple[list[tuple[int, str]], int]:
     """``(line number, stripped line)`` of the non-empty lines (tabs kept), and the number of empty lines."""
-    if not path.is_file():
-        raise FileNotFoundError(f"transfer task file not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)]
+    numbered = [(i, line.strip()) for i, line in enumerate(decoded_lines(path), start=1)]
     kept = [(i, line) for i, line in numbered if line]
     return kept, len(numbered) - len(kept)
 
