@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset, Features, IterableDataset, Value, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from retromae_st._unicode import invisible_characters
 from retromae_st.masking import check_token_rules
 
 logger = logging.getLogger(__name__)
@@ -204,14 +204,9 @@ SPECIAL_TOKEN_TEXTS = (
     "<unk>",
 )
 _SPECIAL_TOKEN_PATTERN = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKEN_TEXTS))
+_ONLY_SPECIAL_TOKEN_TEXT = re.compile(rf"(?:\s|{_SPECIAL_TOKEN_PATTERN.pattern})*")
+_ASCII_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the invisible ASCII characters
 _FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json"}
-
-
-def _is_invisible(char: str) -> bool:
-    # Control characters (except whitespace) and format characters: zero-width spaces/joiners,
-    # byte-order marks, bidirectional (RTL/LTR) overrides and isolates.
-    category = unicodedata.category(char)
-    return (category == "Cc" and char not in "\t\n\r") or category == "Cf"
 
 
 def clean_text(value: object, row: int, column: str, max_chars: int | None) -> tuple[str | None, str | None]:
@@ -228,12 +223,14 @@ def clean_text(value: object, row: int, column: str, max_chars: int | None) -> t
         )
     if "\ufffd" in value:
         return None, "undecodable bytes (not UTF-8)"
-    if any(_is_invisible(char) for char in value):
+    # Control and format characters are never printable: most texts need no search.
+    invisible = _ASCII_INVISIBLE if value.isascii() else invisible_characters()
+    if not value.isprintable() and invisible.search(value):
         # Deleted, as BERT's own text cleaning does; tokenizers without that cleaning get the same text.
-        value = "".join(char for char in value if not _is_invisible(char))
+        value = invisible.sub("", value)
     if not value.strip():
         return None, "empty or whitespace-only"
-    if not _SPECIAL_TOKEN_PATTERN.sub("", value).strip():
+    if _ONLY_SPECIAL_TOKEN_TEXT.fullmatch(value):
         return None, "only special-token text"
     if max_chars is not None and len(value) > max_chars:
         # Tokenising a 100k-character line costs time and memory for tokens that truncation drops.

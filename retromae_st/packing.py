@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import NamedTuple
 
+import numpy as np
 from datasets import Dataset, Features, IterableDataset, Value
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding, Tokenizer, models
 from transformers import PreTrainedTokenizerBase
 
+from retromae_st._unicode import unsafe_word_edges
 from retromae_st.data import DroppedRows, _check_max_chars, clean_text
 
 logger = logging.getLogger(__name__)
 
-_WHITESPACE_TO_NORMALISE = re.compile(r"\s{2,}|[^\S ]")  # runs of whitespace, or one non-space whitespace
 _PROBE = "Packing probe, with words: hello world 123."
 
 
@@ -40,6 +45,11 @@ class PackingStats:
             were split again (0 for tokenizers that round-trip exactly, see :func:`pack_corpus`).
         retokenised_differently: Blocks whose joined text tokenised to another number of tokens than
             its lines did one by one (a tokenizer that does not round-trip).
+        checked_blocks: Blocks tokenised again to check their length: all of them when
+            ``check_every_block`` says why, else those holding pieces of a cut line or words with unusual
+            edge characters, plus a sample of the others (see :func:`pack_corpus`).
+        check_every_block: Why every block is tokenised again (a part of the tokenizer that is not known
+            to tokenise a text as its space-separated words one by one), or ``None``.
         words_cut: Cuts inside a word longer than a block: the tokens after such a cut are those of the
             rest of the word on its own (e.g. ``ing`` instead of ``##ing``).
         dropped: Rows dropped by :func:`retromae_st.data.clean_text`, by reason.
@@ -56,6 +66,8 @@ class PackingStats:
     resplit_blocks: int = 0
     retokenised_differently: int = 0
     words_cut: int = 0
+    checked_blocks: int = 0
+    check_every_block: str | None = None
     dropped: DroppedRows = field(default_factory=DroppedRows)
     cpu_seconds: float = 0.0
 
@@ -71,7 +83,7 @@ class PackingStats:
     def reset(self) -> None:
         for name in ("lines", "documents", "blocks", "tokens", "long_lines", "resplit_blocks"):
             setattr(self, name, 0)
-        self.retokenised_differently = self.words_cut = 0
+        self.retokenised_differently = self.words_cut = self.checked_blocks = 0
         self.dropped = DroppedRows()
         self.cpu_seconds = 0.0
 
@@ -80,8 +92,10 @@ class PackingStats:
             f"{self.lines} lines of {self.documents} documents -> {self.blocks} blocks of <= "
             f"{self.max_seq_length} tokens ({self.tokens} text tokens, fill rate {self.fill_rate:.1%}; "
             f"{self.long_lines} lines longer than a block continued over blocks); {self.dropped}; "
-            f"{self.cpu_seconds:.1f} CPU s"
+            f"{self.cpu_seconds:.1f} CPU s; {self.checked_blocks} blocks tokenised again to check them"
         )
+        if self.check_every_block is not None:
+            text += f" (every block: {self.check_every_block})"
         if self.words_cut:
             text += f"; {self.words_cut} cuts inside words longer than a block"
         if self.resplit_blocks or self.retokenised_differently:
@@ -94,15 +108,96 @@ class PackingStats:
 
 class _Unit(NamedTuple):
     """A stretch of one line (the whole line unless it had to be cut): its text, without leading or
-    trailing spaces, whether a space separates it from the text before it, and whether it starts a line."""
+    trailing spaces, whether a space separates it from the text before it, whether it starts a line, and
+    (for a whole line) its space-separated words."""
 
     text: str
     space_before: bool
     starts_line: bool = True
+    words: list[str] | None = None
+
+
+#: Tokenizer parts under which a text of words separated by single spaces tokenises as its words one by
+#: one (each with its space, for byte-level BPE without a prefix space): the normalisers map characters
+#: one at a time (NFC/NFKC never compose a character with a space), the pre-tokenizers split at every
+#: space, and the models tokenise each pre-tokenized word on its own. Word edges where a normaliser could
+#: still reach the space (``unsafe_word_edges``) are excluded line by line.
+_CHARACTER_NORMALIZERS = frozenset(
+    {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+)
+_SPACE_SPLITTING_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
+_WORD_MODELS = frozenset({"WordPiece", "BPE", "Unigram", "WordLevel"})
+_MAX_CACHED_WORDS = 500_000  # about 75 MB of words and counts
+_WORDS_PER_ENCODING = 20_000
+#: Blocks whose length is the sum of their words' are tokenised again as a check: the first ones, then one
+#: in this many (a check that fails makes every later block checked).
+_CHECK_ONE_IN = 64
+#: The pieces BertPreTokenizer splits ASCII text into: each punctuation character, and the runs between.
+_BERT_ASCII_PIECES = re.compile(r"[!-/:-@\[-`{-~]|[^ !-/:-@\[-`{-~]+")
+
+
+def _parts(config: dict | None, key: str) -> list[dict]:
+    if config is None:
+        return []
+    return (
+        [part for inner in config[key] for part in _parts(inner, key)]
+        if config["type"] == "Sequence"
+        else [config]
+    )
+
+
+def _why_not_tokenised_word_by_word(config: dict) -> str | None:
+    """``None`` when each part of the tokenizer (its ``tokenizer.json`` config) is one of those above;
+    else which part is not."""
+    for part in _parts(config.get("normalizer"), "normalizers"):
+        if part["type"] not in _CHARACTER_NORMALIZERS:
+            return f"its normalizer {part['type']} is not known to keep words apart"
+    pre_tokenizers = _parts(config.get("pre_tokenizer"), "pretokenizers")
+    if not pre_tokenizers:
+        return "it has no pre-tokenizer"
+    alone = len(pre_tokenizers) == 1
+    for part in pre_tokenizers:
+        kind = part["type"]
+        if kind in _SPACE_SPLITTING_PRE_TOKENIZERS or (
+            alone
+            and (
+                (kind == "Metaspace" and part.get("split", True))
+                or (kind == "ByteLevel" and part.get("use_regex", True))
+            )
+        ):
+            continue
+        return f"its pre-tokenizer {kind} is not known to split at every space"
+    model = config["model"]
+    if model["type"] not in _WORD_MODELS or model.get("dropout"):
+        return f"its model {model['type']} is not known to tokenise words one by one"
+    for token in config.get("added_tokens", []):
+        if token.get("rstrip") or any(char.isspace() for char in token["content"]):
+            return f"its added token {token['content']!r} can take in a space"
+    return None
+
+
+class _AddedTokenText:
+    """Finds the text of a tokenizer's added tokens (``[UNK]``, ``<mask>``) in a line, ignoring case (a
+    normalised added token matches after lowercasing). The tokenizer splits them off before anything else,
+    so a word holding one does not tokenise as it does after a space (Metaspace gives the space a ``▁`` of
+    its own): such lines are tokenised whole."""
+
+    def __init__(self, contents: list[str]) -> None:
+        contents = sorted((content for content in contents if content), key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, contents)), re.IGNORECASE) if contents else None
+        # A line without any of their first characters holds none of them: a quick test first.
+        firsts = {case(content[0]) for content in contents for case in (str.lower, str.upper)}
+        self.first_characters = re.compile("|".join(map(re.escape, sorted(firsts))))
+
+    def found_in(self, text: str) -> bool:
+        if self.pattern is None or self.first_characters.search(text) is None:
+            return False
+        return self.pattern.search(text) is not None
 
 
 class _Tokenization:
-    """The model's fast tokenizer, detached from its padding/truncation settings, and how it treats spaces."""
+    """The model's fast tokenizer, detached from its padding/truncation settings, how it treats spaces, and
+    the token counts of the words it has seen (for a tokenizer that tokenises word by word)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> None:
         self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -116,6 +211,18 @@ class _Tokenization:
         self.leading_space_matters = (
             self.backend.encode(" " + _PROBE, add_special_tokens=False).ids != without
         )
+        config = json.loads(self.backend.to_str())
+        self.check_every_block = _why_not_tokenised_word_by_word(config)
+        self.added_token_text = _AddedTokenText(
+            [token["content"] for token in config.get("added_tokens", [])]
+        )
+        self.word_counts: dict[str, int] = {}
+        self.bert_pieces = (
+            _BertAsciiPieces.of(config, self.backend, self.leading_space_matters)
+            if self.check_every_block is None
+            else None
+        )
+        self.proven_blocks_seen = 0
 
     def unit_string(self, unit: _Unit) -> str:
         """The string a unit is tokenised as: the text the unit adds to a block that it starts."""
@@ -131,6 +238,111 @@ class _Tokenization:
 
     def encode(self, string: str) -> Encoding:
         return self.backend.encode(string, add_special_tokens=False)
+
+    def count_units(self, units: list[_Unit]) -> tuple[list[int], list[bool]]:
+        """Each unit's tokens, and whether that is the sum of its words' tokens (then so is the length of
+        a block of such units joined by spaces). Units of a tokenizer outside the known parts, with
+        unusual word edges, with an added token's text or without a space before them are tokenised
+        whole (not proven)."""
+        if self.check_every_block is not None:
+            return self.count([self.unit_string(unit) for unit in units]), [False] * len(units)
+        bert = self.bert_pieces
+        lengths, proven = [0] * len(units), [True] * len(units)
+        uncached: list[tuple[int, list[str], dict[str, int]]] = []
+        for i, unit in enumerate(units):
+            text = unit.text
+            if (
+                not unit.space_before  # a stretch cut from a line without a space: tokenised as it is
+                or self.added_token_text.found_in(text)
+                or (not text.isascii() and unsafe_word_edges().search(text))  # no ASCII one is
+            ):
+                proven[i] = False
+                continue
+            if bert is not None and text.isascii():
+                keys, table = bert.pieces_of(text), bert.counts
+            else:
+                keys, table = (unit.words if unit.words is not None else text.split(" ")), self.word_counts
+            try:
+                lengths[i] = sum(map(table.__getitem__, keys))
+            except KeyError:
+                uncached.append((i, keys, table))
+        if uncached:
+            self.cache([keys for _, keys, table in uncached if table is self.word_counts])
+            for i, keys, table in uncached:
+                lengths[i] = sum(map(table.__getitem__, keys))
+        unproven = [i for i, is_proven in enumerate(proven) if not is_proven]
+        counts = self.count([self.unit_string(units[i]) for i in unproven])
+        for i, length in zip(unproven, counts, strict=True):
+            lengths[i] = length
+        return lengths, proven
+
+    def cache(self, words_of_units: list[list[str]]) -> None:
+        """Counts the words not counted yet (emptying the cache first when it is full)."""
+        if len(self.word_counts) > _MAX_CACHED_WORDS:
+            self.word_counts.clear()
+        unique = dict.fromkeys(chain.from_iterable(words_of_units))
+        missing = [word for word in unique if word not in self.word_counts]
+        bert = self.bert_pieces
+        if bert is not None:  # the ASCII words of lines that are not all ASCII
+            pieces = bert.counts.__getitem__
+            self.word_counts.update(
+                (word, sum(map(pieces, bert.pieces_of(word)))) for word in missing if word.isascii()
+            )
+            missing = [word for word in missing if word not in self.word_counts]
+        for start in range(0, len(missing), _WORDS_PER_ENCODING):
+            part = missing[start : start + _WORDS_PER_ENCODING]
+            self.word_counts.update(zip(part, self.count_words(part), strict=True))
+
+    def count_words(self, words: list[str]) -> list[int]:
+        """The words' token counts, from one encoding of them joined by spaces: a token belongs to the
+        word its offsets start in (or to the space before it)."""
+        prefix = " " if self.leading_space_matters else ""
+        offsets = self.encode(prefix + " ".join(words)).offsets
+        starts = np.fromiter((start for start, _ in offsets), dtype=np.int64, count=len(offsets))
+        ends = np.cumsum([len(word) + 1 for word in words]) - (0 if prefix else 1)
+        return np.bincount(np.searchsorted(ends, starts, side="right"), minlength=len(words)).tolist()
+
+
+class _BertAsciiPieces:
+    """Token counts of ASCII text for a tokenizer that pre-tokenizes as BERT does (at spaces, and around
+    every punctuation character) after normalisers that change ASCII only by lowercasing it: the text is
+    lowercased if they lowercase, split as ``BertPreTokenizer`` splits it, and each distinct piece is
+    tokenised once by the tokenizer's own model (about 3x cheaper than encoding the words)."""
+
+    def __init__(self, model: models.Model, lowercase: bool) -> None:
+        self.lowercase = lowercase
+        self.counts = _PieceCounts(model)
+
+    @classmethod
+    def of(cls, config: dict, backend: Tokenizer, leading_space_matters: bool) -> _BertAsciiPieces | None:
+        normalizers = _parts(config.get("normalizer"), "normalizers")
+        pre_tokenizers = _parts(config.get("pre_tokenizer"), "pretokenizers")
+        if leading_space_matters or [part["type"] for part in pre_tokenizers] != ["BertPreTokenizer"]:
+            return None
+        if any(part["type"] not in _CHARACTER_NORMALIZERS for part in normalizers):
+            return None
+        lowercase = any(
+            part["type"] == "Lowercase" or (part["type"] == "BertNormalizer" and part.get("lowercase", True))
+            for part in normalizers
+        )
+        return cls(backend.model, lowercase)
+
+    def pieces_of(self, text: str) -> list[str]:
+        return _BERT_ASCII_PIECES.findall(text.lower() if self.lowercase else text)
+
+
+class _PieceCounts(dict):
+    """Pieces' token counts, each piece tokenised by the model the first time it is looked up."""
+
+    def __init__(self, model: models.Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def __missing__(self, piece: str) -> int:
+        if len(self) > _MAX_CACHED_WORDS:
+            self.clear()
+        count = self[piece] = len(self.model.tokenize(piece))
+        return count
 
 
 def _cut(
@@ -158,6 +370,12 @@ def _piece(unit: _Unit, string: str, begin: int, end: int) -> _Unit:
     return _Unit(piece.strip(), space_before, unit.starts_line and begin == 0)
 
 
+class _Block(NamedTuple):
+    units: list[_Unit]
+    length: int  # the units' tokens, counted one by one
+    proven: bool  # the block's text tokenises to ``length`` tokens, by the units' words (not checked)
+
+
 class _Packer:
     """Packs the units of one document after another into blocks (lists of units), greedily."""
 
@@ -167,24 +385,32 @@ class _Packer:
         self.stats = stats
         self.block: list[_Unit] = []
         self.used = 0
-        self.done: list[tuple[list[_Unit], int]] = []  # (units, their tokens one by one)
+        self.proven = True  # the block's length is the sum of its words' (see _Tokenization.count_units)
+        self.done: list[_Block] = []
         self.line_tokens = 0
 
     def close_block(self) -> None:
         if self.block:
-            self.done.append((self.block, self.used))
-        self.block, self.used = [], 0
+            self.done.append(_Block(self.block, self.used, self.proven))
+        self.block, self.used, self.proven = [], 0, True
 
-    def add(self, unit: _Unit, length: int, string: str) -> None:
+    def add(self, unit: _Unit, length: int, proven: bool) -> None:
+        """Adds a unit of ``length`` tokens; ``proven``: that length is the sum of its words'."""
         self.count_long_line(unit, length)
         if self.used + length <= self.capacity:
+            self.proven &= proven and (unit.space_before or not self.block)
             self.block.append(unit)
             self.used += length
         elif length <= self.capacity and unit.starts_line:
             self.close_block()
-            self.block, self.used = [unit], length
+            self.block, self.used, self.proven = [unit], length, proven
         else:
-            self.add_long(unit, string)
+            self.add_long(unit, self.tokenization.unit_string(unit))
+
+    def add_piece(self, piece: _Unit, length: int) -> None:
+        self.block.append(piece)
+        self.used += length
+        self.proven = False  # cut by offsets, maybe next to a word without a space: checked
 
     def count_long_line(self, unit: _Unit, length: int) -> None:
         previous = 0 if unit.starts_line else self.line_tokens
@@ -201,8 +427,7 @@ class _Packer:
             room = self.capacity - self.used
             begin = offsets[start][0] if start else 0
             if len(word_ids) - start <= room:
-                self.block.append(_piece(unit, string, begin, len(string)))
-                self.used += len(word_ids) - start
+                self.add_piece(_piece(unit, string, begin, len(string)), len(word_ids) - start)
                 return
             cut = _cut(word_ids, offsets, start, start + room, within_word=not self.block)
             if cut is None:
@@ -214,8 +439,7 @@ class _Packer:
                 continue
             index, at_word = cut
             end = offsets[index][0]
-            self.block.append(_piece(unit, string, begin, end))
-            self.used += index - start
+            self.add_piece(_piece(unit, string, begin, end), index - start)
             self.close_block()
             start = index
             if not at_word:
@@ -229,7 +453,7 @@ class _Packer:
         encoding = self.tokenization.encode(string)
         return encoding.word_ids, encoding.offsets  # each property access builds a new list
 
-    def take(self) -> list[tuple[list[_Unit], int]]:
+    def take(self) -> list[_Block]:
         done, self.done = self.done, []
         return done
 
@@ -297,7 +521,15 @@ def pack_corpus(
             f"{tokenization.special_tokens} special tokens, so max_seq_length must be at least "
             f"{tokenization.special_tokens + 1}"
         )
-    stats = PackingStats(max_seq_length=max_seq_length, special_tokens_per_block=tokenization.special_tokens)
+    stats = PackingStats(
+        max_seq_length=max_seq_length,
+        special_tokens_per_block=tokenization.special_tokens,
+        check_every_block=tokenization.check_every_block,
+    )
+    if tokenization.check_every_block is not None:
+        logger.info(
+            "pack_corpus: every block is tokenised again to check its length: %s", stats.check_every_block
+        )
     features = Features({"text": Value("string")})
     if isinstance(corpus, Dataset):
         _check_has_column(corpus.column_names, column)
@@ -394,16 +626,18 @@ def _document_units(
             stats.documents += 1
             in_document = True
         stats.lines += 1
-        yield from _line_units(_WHITESPACE_TO_NORMALISE.sub(" ", text).strip(), max_chars)
+        words = text.split()
+        line = " ".join(words)  # each run of whitespace one space
+        if max_chars is None or len(line) <= max_chars:
+            yield _Unit(line, True, True, words)
+        else:
+            yield from _stretches(line, max_chars)
     if in_document:
         yield None
 
 
-def _line_units(line: str, max_chars: int | None) -> Iterator[_Unit]:
-    """A line as one unit, or in stretches of at most ``max_chars`` characters cut at spaces where it can."""
-    if max_chars is None or len(line) <= max_chars:
-        yield _Unit(line, True)
-        return
+def _stretches(line: str, max_chars: int) -> Iterator[_Unit]:
+    """A line longer than ``max_chars`` characters in stretches of at most that, cut at spaces where it can."""
     start, space_before = 0, True
     while len(line) - start > max_chars:
         end = line.rfind(" ", start + 1, start + max_chars + 1)
@@ -434,47 +668,100 @@ def _packed_texts(
     max_chars: int | None,
 ) -> Iterator[str]:
     packer = _Packer(tokenization, stats)
-    clock = time.process_time()
-    for batch in _batches(_document_units(rows, stats, column, max_chars), batch_size):
-        units = [unit for unit in batch if unit is not None]
-        strings = [tokenization.unit_string(unit) for unit in units]
-        lengths = iter(tokenization.count(strings))
-        strings_iter = iter(strings)
-        for unit in batch:
-            if unit is None:
-                packer.close_block()
+    batches = _batches(_document_units(rows, stats, column, max_chars), batch_size)
+    while True:
+        clock = time.process_time()
+        with _collector_paused():
+            batch = next(batches, None)
+            if batch is not None:
+                _pack_batch(batch, packer, tokenization)
             else:
-                packer.add(unit, next(lengths), next(strings_iter))
-        texts = _checked_texts(packer.take(), tokenization, stats)
+                packer.close_block()
+            texts = _checked_texts(packer.take(), tokenization, stats)
         stats.cpu_seconds += time.process_time() - clock
         yield from texts
-        clock = time.process_time()
-    packer.close_block()
-    texts = _checked_texts(packer.take(), tokenization, stats)
-    stats.cpu_seconds += time.process_time() - clock
-    yield from texts
+        if batch is None:
+            return
 
 
-def _checked_texts(
-    blocks: list[tuple[list[_Unit], int]], tokenization: _Tokenization, stats: PackingStats
-) -> list[str]:
-    """The blocks' texts, each tokenised again: one longer than a block is cut again until it fits."""
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector while a batch is packed (packing makes no reference
+    cycles): the many short-lived tuples and lists of a batch otherwise trigger collections that scan
+    every object of the process, about 15% of packing's time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _pack_batch(batch: list[_Unit | None], packer: _Packer, tokenization: _Tokenization) -> None:
+    lengths, proven = tokenization.count_units([unit for unit in batch if unit is not None])
+    counted = iter(zip(lengths, proven, strict=True))
+    for unit in batch:
+        if unit is None:
+            packer.close_block()
+        else:
+            packer.add(unit, *next(counted))
+
+
+def _checked_texts(blocks: list[_Block], tokenization: _Tokenization, stats: PackingStats) -> list[str]:
+    """The blocks' texts; those to check are tokenised again, and one longer than a block is cut again
+    until it fits."""
     if not blocks:
         return []
-    texts = [tokenization.block_text(units) for units, _ in blocks]
-    expected = [length for _, length in blocks]
-    checked = []
-    for text, length, want in zip(texts, tokenization.count(texts), expected, strict=True):
-        if length != want:
-            stats.retokenised_differently += 1
+    texts = [tokenization.block_text(block.units) for block in blocks]
+    lengths = [block.length for block in blocks]
+    to_check = [i for i, block in enumerate(blocks) if _needs_check(block, tokenization)]
+    _tokenise_again(to_check, texts, lengths, blocks, tokenization, stats)
+    if tokenization.check_every_block is None and any(
+        blocks[i].proven and lengths[i] != blocks[i].length for i in to_check
+    ):
+        reason = "a block tokenised to another number of tokens than its words one by one"
+        logger.warning("pack_corpus: %s; every block from here on is tokenised again to check it", reason)
+        tokenization.check_every_block = stats.check_every_block = reason
+        checked = set(to_check)
+        rest = [i for i in range(len(blocks)) if i not in checked]
+        _tokenise_again(rest, texts, lengths, blocks, tokenization, stats)
+    fitting = []
+    for text, length in zip(texts, lengths, strict=True):
         if length <= tokenization.capacity:
-            checked.append((text, length))
+            fitting.append((text, length))
             continue
         stats.resplit_blocks += 1
-        checked += _split_to_fit(text, tokenization)
-    stats.blocks += len(checked)
-    stats.tokens += sum(length for _, length in checked)
-    return [text for text, _ in checked]
+        fitting += _split_to_fit(text, tokenization)
+    stats.blocks += len(fitting)
+    stats.tokens += sum(length for _, length in fitting)
+    return [text for text, _ in fitting]
+
+
+def _needs_check(block: _Block, tokenization: _Tokenization) -> bool:
+    """Every block whose length is not proven, and a sample of the others: the first ones, then one in
+    ``_CHECK_ONE_IN``."""
+    if not block.proven or tokenization.check_every_block is not None:
+        return True
+    seen = tokenization.proven_blocks_seen
+    tokenization.proven_blocks_seen += 1
+    return seen < _CHECK_ONE_IN or seen % _CHECK_ONE_IN == 0
+
+
+def _tokenise_again(
+    indices: list[int],
+    texts: list[str],
+    lengths: list[int],
+    blocks: list[_Block],
+    tokenization: _Tokenization,
+    stats: PackingStats,
+) -> None:
+    """Sets ``lengths[i]`` to the tokens of ``texts[i]`` for each of ``indices``."""
+    for i, length in zip(indices, tokenization.count([texts[i] for i in indices]), strict=True):
+        if length != blocks[i].length:
+            stats.retokenised_differently += 1
+        lengths[i] = length
+    stats.checked_blocks += len(indices)
 
 
 def _split_to_fit(text: str, tokenization: _Tokenization, depth: int = 0) -> list[tuple[str, int]]:
@@ -486,7 +773,7 @@ def _split_to_fit(text: str, tokenization: _Tokenization, depth: int = 0) -> lis
     unit = _Unit(text.strip(), text[:1].isspace())
     packer.add_long(unit, tokenization.unit_string(unit))
     packer.close_block()
-    texts = [tokenization.block_text(units) for units, _ in packer.take()]
+    texts = [tokenization.block_text(block.units) for block in packer.take()]
     pieces = []
     for piece, length in zip(texts, tokenization.count(texts), strict=True):
         pieces += (
