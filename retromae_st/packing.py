@@ -146,9 +146,26 @@ def _parts(config: dict | None, key: str) -> list[dict]:
     )
 
 
+def _config_of_parts(backend: Tokenizer) -> dict:
+    """What ``tokenizer.json`` says of the tokenizer's parts, without its vocabulary (cheaper to read)."""
+    state = {
+        name: json.loads(part.__getstate__()) if part is not None else None
+        for name, part in (("normalizer", backend.normalizer), ("pre_tokenizer", backend.pre_tokenizer))
+    }
+    state["model"] = {
+        "type": type(backend.model).__name__,
+        "dropout": getattr(backend.model, "dropout", None),
+    }
+    state["added_tokens"] = [
+        {"content": token.content, "rstrip": token.rstrip}
+        for token in backend.get_added_tokens_decoder().values()
+    ]
+    return state
+
+
 def _why_not_tokenised_word_by_word(config: dict) -> str | None:
-    """``None`` when each part of the tokenizer (its ``tokenizer.json`` config) is one of those above;
-    else which part is not."""
+    """``None`` when each part of the tokenizer (``_config_of_parts``) is one of those above; else which
+    part is not."""
     for part in _parts(config.get("normalizer"), "normalizers"):
         if part["type"] not in _CHARACTER_NORMALIZERS:
             return f"its normalizer {part['type']} is not known to keep words apart"
@@ -211,7 +228,7 @@ class _Tokenization:
         self.leading_space_matters = (
             self.backend.encode(" " + _PROBE, add_special_tokens=False).ids != without
         )
-        config = json.loads(self.backend.to_str())
+        config = _config_of_parts(self.backend)
         self.check_every_block = _why_not_tokenised_word_by_word(config)
         self.added_token_text = _AddedTokenText(
             [token["content"] for token in config.get("added_tokens", [])]
@@ -247,29 +264,36 @@ class _Tokenization:
         if self.check_every_block is not None:
             return self.count([self.unit_string(unit) for unit in units]), [False] * len(units)
         bert = self.bert_pieces
+        pieces = bert.counts.__getitem__ if bert is not None else None
+        get = self.word_counts.__getitem__
         lengths, proven = [0] * len(units), [True] * len(units)
-        uncached: list[tuple[int, list[str], dict[str, int]]] = []
+        uncached: list[tuple[int, list[str], int]] = []  # (unit, its uncached words, its other tokens)
         for i, unit in enumerate(units):
             text = unit.text
+            ascii_text = text.isascii()
             if (
                 not unit.space_before  # a stretch cut from a line without a space: tokenised as it is
                 or self.added_token_text.found_in(text)
-                or (not text.isascii() and unsafe_word_edges().search(text))  # no ASCII one is
+                or (not ascii_text and unsafe_word_edges().search(text))  # no ASCII one is
             ):
                 proven[i] = False
                 continue
-            if bert is not None and text.isascii():
-                keys, table = bert.pieces_of(text), bert.counts
-            else:
-                keys, table = (unit.words if unit.words is not None else text.split(" ")), self.word_counts
+            if bert is not None and ascii_text:
+                lengths[i] = sum(map(pieces, bert.pieces_of(text)))
+                continue
+            words = unit.words if unit.words is not None else text.split(" ")
+            tokens = 0
+            if bert is not None:  # its ASCII words as one ASCII text (spaces split words for BERT)
+                tokens = sum(map(pieces, bert.pieces_of(" ".join([w for w in words if w.isascii()]))))
+                words = [word for word in words if not word.isascii()]
             try:
-                lengths[i] = sum(map(table.__getitem__, keys))
+                lengths[i] = tokens + sum(map(get, words))
             except KeyError:
-                uncached.append((i, keys, table))
+                uncached.append((i, words, tokens))
         if uncached:
-            self.cache([keys for _, keys, table in uncached if table is self.word_counts])
-            for i, keys, table in uncached:
-                lengths[i] = sum(map(table.__getitem__, keys))
+            self.cache([words for _, words, _ in uncached])
+            for i, words, tokens in uncached:
+                lengths[i] = tokens + sum(map(get, words))
         unproven = [i for i, is_proven in enumerate(proven) if not is_proven]
         counts = self.count([self.unit_string(units[i]) for i in unproven])
         for i, length in zip(unproven, counts, strict=True):
@@ -282,13 +306,6 @@ class _Tokenization:
             self.word_counts.clear()
         unique = dict.fromkeys(chain.from_iterable(words_of_units))
         missing = [word for word in unique if word not in self.word_counts]
-        bert = self.bert_pieces
-        if bert is not None:  # the ASCII words of lines that are not all ASCII
-            pieces = bert.counts.__getitem__
-            self.word_counts.update(
-                (word, sum(map(pieces, bert.pieces_of(word)))) for word in missing if word.isascii()
-            )
-            missing = [word for word in missing if word not in self.word_counts]
         for start in range(0, len(missing), _WORDS_PER_ENCODING):
             part = missing[start : start + _WORDS_PER_ENCODING]
             self.word_counts.update(zip(part, self.count_words(part), strict=True))
@@ -309,9 +326,9 @@ class _BertAsciiPieces:
     lowercased if they lowercase, split as ``BertPreTokenizer`` splits it, and each distinct piece is
     tokenised once by the tokenizer's own model (about 3x cheaper than encoding the words)."""
 
-    def __init__(self, model: models.Model, lowercase: bool) -> None:
+    def __init__(self, model: models.Model, lowercase: bool, wordpiece: bool) -> None:
         self.lowercase = lowercase
-        self.counts = _PieceCounts(model)
+        self.counts = _PieceCounts(model, wordpiece)
 
     @classmethod
     def of(cls, config: dict, backend: Tokenizer, leading_space_matters: bool) -> _BertAsciiPieces | None:
@@ -325,23 +342,30 @@ class _BertAsciiPieces:
             part["type"] == "Lowercase" or (part["type"] == "BertNormalizer" and part.get("lowercase", True))
             for part in normalizers
         )
-        return cls(backend.model, lowercase)
+        return cls(backend.model, lowercase, config["model"]["type"] == "WordPiece")
 
     def pieces_of(self, text: str) -> list[str]:
         return _BERT_ASCII_PIECES.findall(text.lower() if self.lowercase else text)
 
 
 class _PieceCounts(dict):
-    """Pieces' token counts, each piece tokenised by the model the first time it is looked up."""
+    """Pieces' token counts, each piece tokenised by the model the first time it is looked up. WordPiece
+    takes a piece that is in its vocabulary whole (the longest match first is the whole piece): one
+    token, without tokenising it."""
 
-    def __init__(self, model: models.Model) -> None:
+    def __init__(self, model: models.Model, wordpiece: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.wordpiece = wordpiece
 
     def __missing__(self, piece: str) -> int:
         if len(self) > _MAX_CACHED_WORDS:
             self.clear()
-        count = self[piece] = len(self.model.tokenize(piece))
+        if self.wordpiece and self.model.token_to_id(piece) is not None:
+            count = 1
+        else:
+            count = len(self.model.tokenize(piece))
+        self[piece] = count
         return count
 
 
@@ -361,6 +385,12 @@ def _cut(
             if offsets[i][0] >= offsets[i - 1][1] and offsets[i][0] > offsets[start][0]:
                 return i, False
     return None
+
+
+def _at_space(string: str, position: int) -> bool:
+    """Whether a cut of ``string`` at ``position`` falls between two words (a token's offsets may or may
+    not take in the space before it)."""
+    return position in (0, len(string)) or string[position].isspace() or string[position - 1].isspace()
 
 
 def _piece(unit: _Unit, string: str, begin: int, end: int) -> _Unit:
@@ -405,12 +435,14 @@ class _Packer:
             self.close_block()
             self.block, self.used, self.proven = [unit], length, proven
         else:
-            self.add_long(unit, self.tokenization.unit_string(unit))
+            self.add_long(unit, self.tokenization.unit_string(unit), proven)
 
-    def add_piece(self, piece: _Unit, length: int) -> None:
+    def add_piece(self, piece: _Unit, length: int, proven: bool) -> None:
+        """Adds a piece cut from a unit by its tokens' offsets; ``proven``: it starts and ends at a space
+        and its unit's length was proven."""
+        self.proven &= proven and (piece.space_before or not self.block)
         self.block.append(piece)
         self.used += length
-        self.proven = False  # cut by offsets, maybe next to a word without a space: checked
 
     def count_long_line(self, unit: _Unit, length: int) -> None:
         previous = 0 if unit.starts_line else self.line_tokens
@@ -418,16 +450,20 @@ class _Packer:
         if previous <= self.capacity < self.line_tokens:
             self.stats.long_lines += 1
 
-    def add_long(self, unit: _Unit, string: str) -> None:
-        """A unit longer than a block (or the next stretch of a line longer than ``max_chars``): the rest of the current block, then as many blocks as it needs, cut
-        at word starts where the block allows (inside a word only for a word longer than a block)."""
+    def add_long(self, unit: _Unit, string: str, proven: bool = False) -> None:
+        """A unit longer than a block (or the next stretch of a line longer than ``max_chars``): the rest
+        of the current block, then as many blocks as it needs, cut at word starts where the block allows
+        (inside a word only for a word longer than a block). ``proven``: the unit's length is the sum of
+        its words' (then so is that of each piece that starts and ends at a space, the rest after a cut
+        inside a word being a text of its own)."""
         word_ids, offsets = self.tokenize(string)
         start = 0  # the first token (and offsets[start]: character) not packed yet
         while True:
             room = self.capacity - self.used
             begin = offsets[start][0] if start else 0
             if len(word_ids) - start <= room:
-                self.add_piece(_piece(unit, string, begin, len(string)), len(word_ids) - start)
+                piece = _piece(unit, string, begin, len(string))
+                self.add_piece(piece, len(word_ids) - start, proven and _at_space(string, begin))
                 return
             cut = _cut(word_ids, offsets, start, start + room, within_word=not self.block)
             if cut is None:
@@ -439,7 +475,8 @@ class _Packer:
                 continue
             index, at_word = cut
             end = offsets[index][0]
-            self.add_piece(_piece(unit, string, begin, end), index - start)
+            piece_proven = proven and at_word and _at_space(string, begin) and _at_space(string, end)
+            self.add_piece(_piece(unit, string, begin, end), index - start, piece_proven)
             self.close_block()
             start = index
             if not at_word:
@@ -626,8 +663,11 @@ def _document_units(
             stats.documents += 1
             in_document = True
         stats.lines += 1
-        words = text.split()
-        line = " ".join(words)  # each run of whitespace one space
+        if text.isprintable() and "  " not in text and text[0] != " " and text[-1] != " ":
+            line, words = text, None  # no whitespace but single spaces between words already
+        else:
+            words = text.split()
+            line = " ".join(words)  # each run of whitespace one space
         if max_chars is None or len(line) <= max_chars:
             yield _Unit(line, True, True, words)
         else:

@@ -237,3 +237,39 @@ def test_stretches_of_a_line_cut_without_a_space_still_fit(tokenizers, family):
     blocks, _ = pack_corpus(Dataset.from_dict({"text": [line]}), tokenizer, 24, max_chars=40)
     assert max(len(ids) for ids in tokenizer(list(blocks["text"]))["input_ids"]) <= 24
     assert "".join(blocks["text"]).replace(" ", "") == line.replace(" ", "")
+
+
+@pytest.mark.parametrize("name", ["minilm", "wordpiece"])
+def test_wordpiece_takes_every_piece_of_its_vocabulary_whole(tokenizers, name):
+    # What lets bert_pieces count a piece in the vocabulary as one token without tokenising it.
+    tokenization = _Tokenization(tokenizers[name], 128)
+    model = tokenization.backend.model
+    counts = tokenization.bert_pieces.counts
+    assert counts.wordpiece
+    vocabulary = tokenization.backend.get_vocab(with_added_tokens=False)
+    assert all(counts[piece] == len(model.tokenize(piece)) == 1 for piece in vocabulary)
+    for piece in ("unbelievably", "zzzqqq", "tokenisation", "x" * 120):  # out of the vocabulary
+        assert counts[piece] == len(model.tokenize(piece))
+
+
+@pytest.mark.parametrize("family", ["minilm", "byte_level_bpe", "unigram_metaspace"])
+def test_pieces_of_long_lines_cut_at_spaces_go_unchecked_and_fit(
+    tokenizers, sample_texts, family, monkeypatch
+):
+    # Every block here holds a piece of one long line; with the sample off, only pieces cut elsewhere
+    # than at a space are tokenised again, and every block still fits and keeps the line's tokens.
+    tokenizer = tokenizers[family]
+    monkeypatch.setattr(packing_module, "_needs_check", lambda block, tokenization: not block.proven)
+    documents = [[" ".join(sample_texts[20:26])]]  # the long line of documents_of: no word over a block
+    blocks, stats = pack_corpus(Dataset.from_dict({"text": as_rows(documents)}), tokenizer, 24)
+    assert (stats.long_lines, stats.words_cut) == (1, 0) and stats.blocks > 5
+    assert stats.checked_blocks < stats.blocks / 2
+    assert_blocks_follow_documents(tokenizer, blocks, documents, 24, family == "byte_level_bpe")
+    # With a word longer than a block, the rest after a cut inside it is a text of its own: its pieces
+    # cut at spaces go unchecked too, and still fit.
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis" * 2
+    line = " ".join([sample_texts[20], word, sample_texts[21], word, sample_texts[22]])
+    blocks, stats = pack_corpus(Dataset.from_dict({"text": [line]}), tokenizer, 24)
+    assert stats.words_cut > 0 or family == "minilm"  # WordPiece makes a 90-letter word one [UNK]
+    assert stats.checked_blocks < stats.blocks
+    assert max(len(ids) for ids in tokenizer(list(blocks["text"]))["input_ids"]) <= 24
