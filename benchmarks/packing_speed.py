@@ -109,7 +109,7 @@ def streamed_passes(tokenizer, lines: list[str], args) -> None:
     for max_seq_length in args.lengths:
         corpus = Dataset.from_dict({"text": lines}).to_iterable_dataset()
         start = time.process_time()
-        sum(1 for _ in corpus)
+        sum(len(batch["text"]) for batch in corpus.iter(batch_size=args.batch_size))  # as the packer reads it
         reading = time.process_time() - start
         blocks, stats = pack_corpus(corpus, tokenizer, max_seq_length, batch_size=args.batch_size)
         seconds = []

@@ -334,3 +334,23 @@ def test_a_slow_tokenizer_is_refused_with_the_reason():
     assert not slow.is_fast
     with pytest.raises(TypeError, match="fast tokenizer.*offset mappings"):
         pack_corpus(Dataset.from_dict({"text": ["hello"]}), slow, 16)
+
+
+def _sharded_lines(shards: list[int]):
+    for shard in shards:
+        for line in range(40):
+            yield {"text": f"shard {shard} line {line} holds a few words", "document_id": shard}
+
+
+def test_a_streamed_corpus_of_many_shards_is_packed_whole_by_a_dataloader_worker(tokenizer):
+    # The packed stream is one shard, so one worker packs it; that worker must read every shard of the
+    # corpus, not only its own share of them (half the blocks were lost with 2 workers).
+    from torch.utils.data import DataLoader
+
+    corpus = IterableDataset.from_generator(_sharded_lines, gen_kwargs={"shards": [0, 1, 2, 3]})
+    assert corpus.num_shards == 4
+    blocks, _ = pack_corpus(corpus, tokenizer, 32)
+    in_process = [row["text"] for row in blocks]
+    through_workers = [row["text"] for row in DataLoader(blocks, batch_size=None, num_workers=2)]
+    assert sorted(through_workers) == sorted(in_process)
+    assert {text.split()[1] for text in in_process} == {"0", "1", "2", "3"}
