@@ -108,13 +108,11 @@ class PackingStats:
 
 class _Unit(NamedTuple):
     """A stretch of one line (the whole line unless it had to be cut): its text, without leading or
-    trailing spaces, whether a space separates it from the text before it, whether it starts a line, and
-    (for a whole line) its space-separated words."""
+    trailing spaces, whether a space separates it from the text before it, and whether it starts a line."""
 
     text: str
     space_before: bool
     starts_line: bool = True
-    words: list[str] | None = None
 
 
 #: Tokenizer parts under which a text of words separated by single spaces tokenises as its words one by
@@ -281,7 +279,7 @@ class _Tokenization:
             if bert is not None and ascii_text:
                 lengths[i] = sum(map(pieces, bert.pieces_of(text)))
                 continue
-            words = unit.words if unit.words is not None else text.split(" ")
+            words = text.split(" ")
             tokens = 0
             if bert is not None:  # its ASCII words as one ASCII text (spaces split words for BERT)
                 tokens = sum(map(pieces, bert.pieces_of(" ".join([w for w in words if w.isascii()]))))
@@ -332,11 +330,11 @@ class _BertAsciiPieces:
 
     @classmethod
     def of(cls, config: dict, backend: Tokenizer, leading_space_matters: bool) -> _BertAsciiPieces | None:
+        """For a tokenizer already known to tokenise word by word (so its normalisers are among
+        ``_CHARACTER_NORMALIZERS``): the pieces when it pre-tokenizes with ``BertPreTokenizer``, else ``None``."""
         normalizers = _parts(config.get("normalizer"), "normalizers")
         pre_tokenizers = _parts(config.get("pre_tokenizer"), "pretokenizers")
         if leading_space_matters or [part["type"] for part in pre_tokenizers] != ["BertPreTokenizer"]:
-            return None
-        if any(part["type"] not in _CHARACTER_NORMALIZERS for part in normalizers):
             return None
         lowercase = any(
             part["type"] == "Lowercase" or (part["type"] == "BertNormalizer" and part.get("lowercase", True))
@@ -675,12 +673,11 @@ def _document_units(
             in_document = True
         stats.lines += 1
         if text.isprintable() and "  " not in text and text[0] != " " and text[-1] != " ":
-            line, words = text, None  # no whitespace but single spaces between words already
+            line = text  # no whitespace but single spaces between words already
         else:
-            words = text.split()
-            line = " ".join(words)  # each run of whitespace one space
+            line = " ".join(text.split())  # each run of whitespace one space
         if max_chars is None or len(line) <= max_chars:
-            yield _Unit(line, True, True, words)
+            yield _Unit(line, True)
         else:
             yield from _stretches(line, max_chars)
     if in_document:
